@@ -1,0 +1,186 @@
+"""The ASGI application: builds every service in its lifespan, dispatches by exact path, and is
+the one place that turns errors into OpenAI-shaped JSON (no traceback ever reaches a client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelyard.api.http import Receive, Request, Scope, Send
+from modelyard.api.proxy import Proxy
+from modelyard.backends.httpclient import HTTPPool
+from modelyard.backends.openai import OpenAIBackend
+from modelyard.config.schema import Deployment, Settings
+from modelyard.errors import MethodNotAllowedError, ModelyardError, NotFoundError, internal_error_body
+from modelyard.observability.logging import AccessLog
+from modelyard.observability.metrics import UNKNOWN_MODEL, Metrics
+from modelyard.routing.breaker import Clock
+from modelyard.routing.router import Router
+
+log = logging.getLogger("modelyard")
+
+Handler = Callable[[Request], Awaitable[None]]
+
+
+@dataclass
+class Services:
+    """Everything a request may touch; built in the lifespan, closed at shutdown."""
+
+    settings: Settings
+    metrics: Metrics
+    pool: HTTPPool
+    router: Router
+    proxy: Proxy
+    access_log: AccessLog
+    clock: Clock
+    draining: bool = False
+    started_at: float = field(default_factory=time.time)
+
+
+def build_services(settings: Settings, *, access_log: AccessLog | None = None, clock: Clock = time.monotonic) -> Services:
+    metrics = Metrics()
+    pool = HTTPPool()
+
+    def backend_for(d: Deployment) -> OpenAIBackend:
+        return OpenAIBackend(d.api_base, d.api_key, pool)
+
+    router = Router(settings, backend_for, metrics, clock=clock)
+    return Services(
+        settings=settings,
+        metrics=metrics,
+        pool=pool,
+        router=router,
+        proxy=Proxy(router, metrics, clock),
+        access_log=access_log or AccessLog(enabled=settings.server.access_log),
+        clock=clock,
+    )
+
+
+class ModelyardApp:
+    """ASGI 3 application. ``services`` exists between lifespan startup and shutdown."""
+
+    def __init__(self, settings: Settings, *, access_log: AccessLog | None = None, clock: Clock = time.monotonic) -> None:
+        self.settings = settings
+        self._access_log = access_log
+        self._clock = clock
+        self.services: Services | None = None
+        self._routes: dict[str, dict[str, Handler]] = {}
+        self._prefix_routes: list[tuple[str, dict[str, Handler]]] = []
+        self._max_body = settings.server.max_body_bytes
+
+    def route(self, path: str, method: str, handler: Handler) -> None:
+        self._routes.setdefault(path, {})[method] = handler
+
+    def prefix_route(self, prefix: str, method: str, handler: Handler) -> None:
+        for p, methods in self._prefix_routes:
+            if p == prefix:
+                methods[method] = handler
+                return
+        self._prefix_routes.append((prefix, {method: handler}))
+
+    @property
+    def max_body(self) -> int:
+        return self._max_body
+
+    async def startup(self) -> Services:
+        if self.services is None:
+            self.services = build_services(self.settings, access_log=self._access_log, clock=self._clock)
+        return self.services
+
+    async def shutdown(self) -> None:
+        if self.services is not None:
+            await self.services.pool.aclose()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _find(self, path: str) -> dict[str, Handler] | None:
+        methods = self._routes.get(path)
+        if methods is None:
+            for prefix, m in self._prefix_routes:
+                if path.startswith(prefix) and len(path) > len(prefix):
+                    return m
+        return methods
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services = self.services
+        assert services is not None, "the server must run the lifespan (uvicorn lifespan='on')"
+        req = Request(scope, receive, send, services.clock())
+        task = asyncio.current_task()
+        try:
+            methods = self._find(req.path)
+            if methods is None:
+                raise NotFoundError(f"Unknown path {req.path!r}", code="unknown_url")
+            handler = methods.get(req.method)
+            if handler is None:
+                allow = ", ".join(sorted(methods))
+                raise MethodNotAllowedError(
+                    f"method {req.method} is not allowed on {req.path}; allowed: {allow}", headers={"allow": allow}
+                )
+            await handler(req)
+        except ModelyardError as exc:
+            if not req.started:
+                await req.respond_error(exc)
+        except asyncio.CancelledError:
+            if not req.disconnected or task is None:
+                raise
+            task.uncancel()
+            req.status = 499  # client closed the request (nginx's convention)
+        except Exception:  # noqa: BLE001 - the one place that turns a bug into a clean 500
+            log.exception("unhandled error on %s %s (request %s)", req.method, req.path, req.request_id)
+            if not req.started:
+                await req.respond(500, internal_error_body())
+            req.status = 500
+        finally:
+            if req.watcher is not None:
+                req.watcher.cancel()
+            self._record(req, services)
+
+    def _record(self, req: Request, services: Services) -> None:
+        elapsed = services.clock() - req.t0
+        model = req.model or UNKNOWN_MODEL
+        m = services.metrics
+        endpoint = req.endpoint if req.status != 404 or req.model else "other"
+        m.requests.labels(model, endpoint, str(req.status)).inc()
+        m.request_latency.labels(model, endpoint).observe(elapsed)
+        if services.access_log.enabled:
+            services.access_log.write(
+                {
+                    "request_id": req.request_id,
+                    "method": req.method,
+                    "path": req.path,
+                    "model": req.model,
+                    "deployment": req.deployment,
+                    "status": req.status,
+                    "latency_ms": round(elapsed * 1000, 3),
+                    "prompt_tokens": req.prompt_tokens,
+                    "completion_tokens": req.completion_tokens,
+                    "fallbacks": req.fallbacks,
+                }
+            )
+

@@ -1,0 +1,118 @@
+"""Validation of OpenAI request bodies: only the fields the gateway relies on, with errors that
+name the field (``messages[1].role``). Every other field passes through to the upstream untouched,
+so new OpenAI parameters work without a modelyard release.
+
+Hand-written checks rather than pydantic models: a request is validated on the hot path, and these
+checks cost a few microseconds where building a full pydantic model of a chat request costs tens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelyard.errors import InvalidRequestError
+
+_NUMBER = (int, float)
+
+
+def _bad(param: str, message: str) -> InvalidRequestError:
+    return InvalidRequestError(f"{param}: {message}", param=param, code="invalid_value")
+
+
+def _type_name(v: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null", int: "integer", float: "number"}.get(type(v), type(v).__name__)
+
+
+def _check_model(data: dict[str, Any]) -> str:
+    model = data.get("model")
+    if model is None:
+        raise InvalidRequestError("model: required field is missing", param="model", code="missing_required_parameter")
+    if not isinstance(model, str) or not model:
+        raise _bad("model", f"expected a non-empty string, got {_type_name(model)}")
+    return model
+
+
+def _optional(data: dict[str, Any], key: str, types: tuple[type, ...], what: str) -> Any:
+    v = data.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, types) or (bool not in types and isinstance(v, bool)):
+        raise _bad(key, f"expected {what}, got {_type_name(v)}")
+    return v
+
+
+def _check_common(data: dict[str, Any]) -> bool:
+    stream = _optional(data, "stream", (bool,), "a boolean")
+    opts = _optional(data, "stream_options", (dict,), "an object")
+    if opts is not None and "include_usage" in opts and not isinstance(opts["include_usage"], bool):
+        raise _bad("stream_options.include_usage", "expected a boolean")
+    for key in ("max_tokens", "max_completion_tokens", "n"):
+        v = _optional(data, key, (int,), "an integer")
+        if v is not None and v < (0 if key != "n" else 1):
+            raise _bad(key, "must be positive")
+    for key in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
+        _optional(data, key, _NUMBER, "a number")
+    stop = data.get("stop")
+    if stop is not None and not isinstance(stop, str):
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise _bad("stop", "expected a string or an array of strings")
+    return bool(stream)
+
+
+def validate_chat(data: dict[str, Any]) -> tuple[str, bool]:
+    """Check a /v1/chat/completions body; return (model, stream)."""
+    model = _check_model(data)
+    messages = data.get("messages")
+    if messages is None:
+        raise InvalidRequestError("messages: required field is missing", param="messages", code="missing_required_parameter")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("messages", "expected a non-empty array of message objects")
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise _bad(f"messages[{i}]", f"expected an object, got {_type_name(msg)}")
+        role = msg.get("role")
+        if not isinstance(role, str) or not role:
+            raise _bad(f"messages[{i}].role", "expected a non-empty string")
+    return model, _check_common(data)
+
+
+def validate_completion(data: dict[str, Any]) -> tuple[str, bool]:
+    """Check a /v1/completions body; return (model, stream)."""
+    model = _check_model(data)
+    prompt = data.get("prompt")
+    if prompt is None:
+        raise InvalidRequestError("prompt: required field is missing", param="prompt", code="missing_required_parameter")
+    if not _is_text_or_tokens(prompt):
+        raise _bad("prompt", "expected a string, an array of strings, or token arrays")
+    return model, _check_common(data)
+
+
+def validate_embedding(data: dict[str, Any]) -> str:
+    """Check a /v1/embeddings body; return the model."""
+    model = _check_model(data)
+    inp = data.get("input")
+    if inp is None:
+        raise InvalidRequestError("input: required field is missing", param="input", code="missing_required_parameter")
+    if not _is_text_or_tokens(inp) or inp == [] or inp == "":
+        raise _bad("input", "expected a non-empty string, array of strings, or token arrays")
+    fmt = _optional(data, "encoding_format", (str,), "a string")
+    if fmt is not None and fmt not in ("float", "base64"):
+        raise _bad("encoding_format", "expected 'float' or 'base64'")
+    dims = _optional(data, "dimensions", (int,), "an integer")
+    if dims is not None and dims < 1:
+        raise _bad("dimensions", "must be positive")
+    if data.get("stream"):
+        raise _bad("stream", "embeddings cannot be streamed")
+    return model
+
+
+def _is_text_or_tokens(v: Any) -> bool:
+    if isinstance(v, str):
+        return True
+    if not isinstance(v, list):
+        return False
+    if all(isinstance(x, str) for x in v):
+        return True
+    if all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        return True
+    return all(isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x) for x in v)

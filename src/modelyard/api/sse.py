@@ -1,0 +1,117 @@
+"""The one SSE codec: relays an upstream event stream event by event, and encodes error frames.
+
+The relay forwards each complete event as soon as it has arrived (never re-serialising it), and on
+the way notes what the gateway needs: the moment of the first content (time to first token) and
+the ``usage`` chunk. When modelyard asked the upstream for usage on the client's behalf
+(``stream_options.include_usage``), the usage-only chunk is kept from the client, who did not ask
+for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from modelyard.errors import ModelyardError
+
+DONE = b"data: [DONE]\n\n"
+
+
+def error_event(exc: ModelyardError) -> bytes:
+    """An SSE frame carrying an OpenAI error object; the openai SDK raises ``APIError`` on it."""
+    return b"data: " + exc.to_json() + b"\n\n"
+
+
+class SSERelay:
+    __slots__ = ("_buf", "_strip_usage", "usage", "first_content", "content_events", "saw_done")
+
+    def __init__(self, *, strip_usage: bool) -> None:
+        self._buf = b""
+        self._strip_usage = strip_usage
+        self.usage: dict[str, Any] | None = None
+        self.first_content = False  # set once an event carrying generated content went out
+        self.content_events = 0
+        self.saw_done = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Take upstream bytes; return the complete events to forward now (maybe empty)."""
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n")
+        buf = self._buf + chunk if self._buf else chunk
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            self._buf = buf
+            return b""
+        self._buf = buf[end + 2 :]
+        complete = buf[: end + 2]
+        if not self._strip_usage and self.first_content and b'"usage":{' not in complete and b'"usage": {' not in complete:
+            # Fast path: nothing to inspect in these events beyond counting them.
+            self.content_events += complete.count(b"\n\n")
+            if b"[DONE]" in complete:
+                self.saw_done = True
+            return complete
+        out: list[bytes] = []
+        for event in complete.split(b"\n\n"):
+            if not event:
+                continue
+            if self._inspect(event):
+                out.append(event + b"\n\n")
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """Whatever is left when the upstream closed (a last event without its blank line)."""
+        rest, self._buf = self._buf, b""
+        if rest.strip() and self._inspect(rest.rstrip(b"\n")):
+            return rest.rstrip(b"\n") + b"\n\n"
+        return b""
+
+    def _inspect(self, event: bytes) -> bool:
+        """Record what this event says; return whether to forward it."""
+        data = _data_of(event)
+        if data is None:
+            return True  # a comment or another field: pass it on
+        if data == b"[DONE]":
+            self.saw_done = True
+            return True
+        has_usage = b'"usage"' in data and b'"usage":null' not in data and b'"usage": null' not in data
+        if not has_usage and self.first_content:
+            self.content_events += 1
+            return True
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return True
+        if not isinstance(obj, dict):
+            return True
+        choices = obj.get("choices")
+        if choices:
+            self.content_events += 1
+            if not self.first_content and _has_content(choices):
+                self.first_content = True
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+            if self._strip_usage and not choices:
+                return False
+        return True
+
+
+def _data_of(event: bytes) -> bytes | None:
+    """The joined ``data:`` lines of one event, or None when it has none."""
+    if event.startswith(b"data:") and b"\n" not in event:
+        return event[5:].lstrip(b" ")
+    lines = [ln[5:].lstrip(b" ") for ln in event.split(b"\n") if ln.startswith(b"data:")]
+    return b"\n".join(lines) if lines else None
+
+
+def _has_content(choices: list[Any]) -> bool:
+    for ch in choices:
+        if not isinstance(ch, dict):
+            continue
+        delta = ch.get("delta")
+        if isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content")):
+            return True
+        if ch.get("text"):
+            return True
+    return False

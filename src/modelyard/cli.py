@@ -1,0 +1,98 @@
+"""The ``modelyard`` command: serve, validate."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from modelyard.config.loader import LoadResult, load_settings
+from modelyard.errors import ConfigError
+
+
+def _load(path: str, environ: dict[str, str] | None = None) -> LoadResult:
+    try:
+        result = load_settings(path, environ=environ)
+    except ConfigError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(2)
+    for w in result.warnings:
+        click.echo(f"warning: {w}", err=True)
+    return result
+
+
+@contextlib.contextmanager
+def _demo_upstream() -> Iterator[str]:
+    """Start the bundled mock upstream on a free loopback port; stop it on exit."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelyard.testing.mock_upstream", "--host", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if not line.startswith("MOCK_LISTENING "):
+            raise click.ClickException(f"the demo upstream did not start (said {line!r})")
+        yield line.split(" ", 1)[1] + "/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="modelyard")
+def main() -> None:
+    """modelyard: one OpenAI-compatible gateway in front of every model."""
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="native or LiteLLM config YAML")
+@click.option("--host", default=None, help="listen address (default: server.host, 127.0.0.1)")
+@click.option("--port", default=None, type=int, help="listen port (default: server.port, 8400; 0 = any free port)")
+@click.option("--demo", is_flag=True, help="serve the bundled demo config against a bundled mock upstream")
+@click.option("--log-level", default="warning", type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(config_path: str | None, host: str | None, port: int | None, demo: bool, log_level: str) -> None:
+    """Serve the OpenAI-compatible API."""
+    from modelyard.server import serve as run_server
+
+    if demo and config_path:
+        raise click.UsageError("--demo and --config are exclusive")
+    if demo:
+        with _demo_upstream() as upstream:
+            demo_file = resources.files("modelyard") / "examples" / "demo.yaml"
+            with resources.as_file(demo_file) as path:
+                result = _load(str(path), environ={**os.environ, "MODELYARD_DEMO_UPSTREAM": upstream})
+            click.echo(f"demo upstream (mock) at {upstream}", err=True)
+            run_server(result.settings, host=host, port=port, log_level=log_level)
+        return
+    if config_path is None:
+        raise click.UsageError("give --config FILE (native or LiteLLM format), or --demo")
+    result = _load(config_path)
+    run_server(result.settings, host=host, port=port, log_level=log_level)
+
+
+@main.command()
+@click.argument("config_path", type=click.Path(dir_okay=False))
+def validate(config_path: str) -> None:
+    """Check a config file without serving; exit 2 with every problem listed if it is invalid."""
+    result = _load(config_path)
+    s = result.settings
+    deployments = sum(len(m.deployments) for m in s.models)
+    click.echo(
+        f"{Path(config_path).name}: OK ({result.source_format} format, {len(s.models)} models, "
+        f"{deployments} deployments, {len(result.warnings)} warnings)"
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,58 @@
+"""Prometheus metric definitions (definitions only; the router and the routes record into them).
+
+One registry per app instance (no process-global registry), so several apps can live in one test
+process. Every series is labelled by public model, and by deployment where one applies.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+UNKNOWN_MODEL = "(unknown)"  # label for requests naming no configured model: bounded cardinality
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "modelyard_requests", "Client requests by public model, endpoint and HTTP status",
+            ["model", "endpoint", "status"], registry=r,
+        )
+        self.request_latency = Histogram(
+            "modelyard_request_duration_seconds", "Client request latency (to the last byte)",
+            ["model", "endpoint"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.ttft = Histogram(
+            "modelyard_time_to_first_token_seconds", "Streams: time from request to the first content event",
+            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.tokens = Counter(
+            "modelyard_tokens", "Tokens by public model, deployment and direction (in=prompt, out=completion)",
+            ["model", "deployment", "direction"], registry=r,
+        )
+        self.in_flight = Gauge("modelyard_in_flight_requests", "Admitted requests in flight", ["model"], registry=r)
+        self.queue_depth = Gauge("modelyard_queue_depth", "Requests waiting for a slot", ["model"], registry=r)
+        self.upstream_requests = Counter(
+            "modelyard_upstream_requests", "Attempts sent to a deployment, by outcome",
+            ["model", "deployment", "outcome"], registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "modelyard_upstream_duration_seconds", "Deployment latency (to the full body, or to the stream head)",
+            ["model", "deployment"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.retries = Counter("modelyard_retries", "Retries inside a model group", ["model", "deployment"], registry=r)
+        self.fallbacks = Counter(
+            "modelyard_fallbacks", "Fallback hops from a model to another", ["model", "to_model"], registry=r,
+        )
+        self.breaker_state = Gauge(
+            "modelyard_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+            ["model", "deployment"], registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

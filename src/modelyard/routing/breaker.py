@@ -1,0 +1,108 @@
+"""Circuit breaker per deployment: closed → open → half-open → closed.
+
+Open after ``allowed_fails`` failures within a sliding ``window_s``; an open deployment gets no
+traffic; after ``cooldown_s`` exactly one probe is let through (half-open); the probe's success
+closes the breaker, its failure re-opens it for another cooldown. The clock is injected, so tests
+drive time by hand and never sleep.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from enum import IntEnum
+
+from modelyard.config.schema import BreakerConfig
+
+Clock = Callable[[], float]
+
+
+class BreakerState(IntEnum):
+    closed = 0
+    half_open = 1
+    open = 2
+
+
+class CircuitBreaker:
+    """Owns one deployment's breaker state; every decision is made inside (no check-then-act)."""
+
+    __slots__ = ("_cfg", "_clock", "_fails", "_state", "_opened_at", "_probing", "on_change")
+
+    def __init__(self, cfg: BreakerConfig, clock: Clock, on_change: Callable[[BreakerState], None] | None = None) -> None:
+        self._cfg = cfg
+        self._clock = clock
+        self._fails: deque[float] = deque()
+        self._state = BreakerState.closed
+        self._opened_at = 0.0
+        self._probing = False
+        self.on_change = on_change
+
+    @property
+    def state(self) -> BreakerState:
+        return self._state
+
+    def available(self) -> bool:
+        """Whether ``try_acquire`` would admit a request now (no state change)."""
+        if self._state is BreakerState.closed:
+            return True
+        if self._state is BreakerState.open:
+            return self._clock() - self._opened_at >= self._cfg.cooldown_s
+        return not self._probing
+
+    def retry_after_s(self) -> float:
+        """Seconds until this breaker would next admit a probe (0 when it admits now)."""
+        if self._state is BreakerState.open:
+            return max(0.0, self._opened_at + self._cfg.cooldown_s - self._clock())
+        return 0.0
+
+    def try_acquire(self) -> bool:
+        """Admit one request, turning an expired open breaker into half-open with its probe."""
+        state = self._state
+        if state is BreakerState.closed:
+            return True
+        if state is BreakerState.open:
+            if self._clock() - self._opened_at < self._cfg.cooldown_s:
+                return False
+            self._set(BreakerState.half_open)
+        if self._probing:
+            return False
+        self._probing = True
+        return True
+
+    def record_success(self) -> None:
+        if self._state is not BreakerState.closed:
+            self._probing = False
+            self._fails.clear()
+            self._set(BreakerState.closed)
+
+    def record_failure(self) -> None:
+        now = self._clock()
+        if self._state is BreakerState.half_open:
+            self._probing = False
+            self._trip(now)
+            return
+        if self._state is BreakerState.open:
+            return
+        fails = self._fails
+        fails.append(now)
+        horizon = now - self._cfg.window_s
+        while fails and fails[0] < horizon:
+            fails.popleft()
+        if len(fails) >= self._cfg.allowed_fails:
+            self._trip(now)
+
+    def record_abandoned(self) -> None:
+        """The request ended with no verdict (cancelled by its client): free the probe slot."""
+        if self._state is BreakerState.half_open:
+            self._probing = False
+
+    def _trip(self, now: float) -> None:
+        self._opened_at = now
+        self._fails.clear()
+        self._set(BreakerState.open)
+
+    def _set(self, state: BreakerState) -> None:
+        if state is not self._state:
+            self._state = state
+            if self.on_change is not None:
+                self.on_change(state)

@@ -1,0 +1,290 @@
+"""The router: public name → model group → deployment, with retries, breakers and fallbacks.
+
+The router owns every deployment's runtime state (in-flight count, latency EWMA, breaker). The
+route handlers give it an operation ``op(deployment) -> result`` and it decides where the
+operation runs, how often it is retried and where it falls back to. Decisions (which deployment,
+whether to retry) happen inside the router between two awaits, so no read gates a mutation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from modelyard.backends.base import Backend
+from modelyard.config.schema import Deployment, ModelConfig, Price, RetryConfig, Settings
+from modelyard.errors import (
+    ModelNotFoundError,
+    ModelyardError,
+    NoDeploymentAvailableError,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamTimeoutError,
+)
+from modelyard.observability.metrics import Metrics
+from modelyard.routing.admission import Admission
+from modelyard.routing.breaker import BreakerState, CircuitBreaker, Clock
+from modelyard.routing.strategies import Picker, make_picker
+
+T = TypeVar("T")
+BackendFactory = Callable[[Deployment], Backend]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class DeploymentSlot:
+    """Runtime state of one deployment, owned by the router."""
+
+    name: str
+    model: str  # public model name
+    upstream_model: str
+    backend: Backend
+    breaker: CircuitBreaker
+    weight: float
+    timeout_s: float
+    max_concurrency: int | None
+    in_flight: int = 0
+    latency_ewma_s: float = 0.0
+
+    def has_room(self) -> bool:
+        return self.max_concurrency is None or self.in_flight < self.max_concurrency
+
+
+@dataclass(eq=False)
+class ModelGroup:
+    name: str
+    cfg: ModelConfig
+    deployments: list[DeploymentSlot]
+    picker: Picker
+    retry: RetryConfig
+    admission: Admission
+    fallbacks: list[str]
+    price: Price | None
+    created: int
+
+
+@dataclass(eq=False)
+class Routed(Generic[T]):
+    """The outcome of ``Router.run``: the result, who produced it and how."""
+
+    result: T
+    deployment: DeploymentSlot
+    group: ModelGroup  # the group that answered (differs from the requested one after a fallback)
+    hops: int  # fallback hops taken
+    retries: int
+    _router: "Router"
+    _t0: float
+    _held: bool = field(default=False)
+
+    def finish(self, *, ok: bool | None) -> None:
+        """End a held request (streams): free its in-flight slot and record its verdict
+        (None: abandoned by the client, no verdict on the deployment)."""
+        if self._held:
+            self._held = False
+            self._router._finish(self.deployment, ok=ok, started=self._t0)
+
+
+class Router:
+    def __init__(
+        self,
+        settings: Settings,
+        backend_factory: BackendFactory,
+        metrics: Metrics,
+        *,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._metrics = metrics
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._sleep = sleep
+        self._alpha = settings.router.latency_ewma_alpha
+        self._groups: dict[str, ModelGroup] = {}
+        self._by_name: dict[str, ModelGroup] = {}
+        created = int(time.time())
+        for m in settings.models:
+            group = self._build_group(settings, m, backend_factory, created)
+            self._groups[m.name] = group
+            for name in (m.name, *m.aliases):
+                self._by_name[name] = group
+
+    def _build_group(self, settings: Settings, m: ModelConfig, factory: BackendFactory, created: int) -> ModelGroup:
+        r = settings.router
+        slots = []
+        for i, d in enumerate(m.deployments):
+            name = d.name or f"{m.name}/{i}"
+            gauge = self._metrics.breaker_state.labels(m.name, name)
+            gauge.set(0)
+            slots.append(
+                DeploymentSlot(
+                    name=name,
+                    model=m.name,
+                    upstream_model=d.model,
+                    backend=factory(d),
+                    breaker=CircuitBreaker(m.breaker or r.breaker, self._clock, on_change=lambda s, g=gauge: g.set(int(s))),
+                    weight=d.weight,
+                    timeout_s=d.timeout_s or r.timeout_s,
+                    max_concurrency=d.max_concurrency,
+                )
+            )
+        q = m.queue or r.queue
+        cap = q.max_concurrency
+        if cap is None and all(s.max_concurrency is not None for s in slots):
+            cap = sum(s.max_concurrency or 0 for s in slots)
+        in_flight_g = self._metrics.in_flight.labels(m.name)
+        queue_g = self._metrics.queue_depth.labels(m.name)
+
+        def on_change(in_flight: int, queued: int) -> None:
+            in_flight_g.set(in_flight)
+            queue_g.set(queued)
+
+        return ModelGroup(
+            name=m.name,
+            cfg=m,
+            deployments=slots,
+            picker=make_picker(m.strategy or r.strategy),
+            retry=m.retry or r.retry,
+            admission=Admission(m.name, max_concurrency=cap, queue_size=q.size, ttl_s=q.ttl_s, on_change=on_change),
+            fallbacks=list(m.fallbacks),
+            price=m.price,
+            created=created,
+        )
+
+    # --- lookup --------------------------------------------------------------------------------
+    def resolve(self, name: str) -> ModelGroup:
+        group = self._by_name.get(name)
+        if group is None:
+            raise ModelNotFoundError(f"The model {name!r} does not exist", param="model")
+        return group
+
+    def groups(self) -> Sequence[ModelGroup]:
+        return list(self._groups.values())
+
+    def public_names(self) -> list[tuple[str, ModelGroup]]:
+        return list(self._by_name.items())
+
+    def deployments(self) -> list[DeploymentSlot]:
+        return [d for g in self._groups.values() for d in g.deployments]
+
+    # --- the path ------------------------------------------------------------------------------
+    def _choose(self, group: ModelGroup, tried: set[DeploymentSlot]) -> DeploymentSlot | None:
+        fresh = [d for d in group.deployments if d not in tried and d.has_room() and d.breaker.available()]
+        if not fresh:  # every healthy deployment was tried: a retry may go to one of them again
+            fresh = [d for d in group.deployments if d.has_room() and d.breaker.available()]
+            if not fresh:
+                return None
+        dep = fresh[0] if len(fresh) == 1 else group.picker.pick(fresh, self._rng)  # type: ignore[assignment]
+        return dep if dep.breaker.try_acquire() else None
+
+    def _backoff_s(self, retry: RetryConfig, attempt: int) -> float:
+        cap = min(retry.backoff_max_s, retry.backoff_base_s * (2 ** (attempt - 1)))
+        return self._rng.uniform(0, cap)  # full jitter
+
+    async def run(
+        self, group: ModelGroup, op: Callable[[DeploymentSlot], Awaitable[T]], *, hold: bool = False
+    ) -> Routed[T]:
+        """Run ``op`` on a deployment of ``group`` (or of its fallbacks) until one succeeds.
+
+        With ``hold=True`` the deployment's in-flight slot stays taken after ``op`` returns (a
+        stream still flowing) until the caller calls ``Routed.finish``.
+        """
+        last: ModelyardError | None = None
+        m = self._metrics
+        chain = [group]
+        for fb in group.fallbacks:
+            target = self._by_name.get(fb)
+            if target is not None and target not in chain:
+                chain.append(target)
+        retries = 0
+        for hops, g in enumerate(chain):
+            if hops:
+                m.fallbacks.labels(group.name, g.name).inc()
+            tried: set[DeploymentSlot] = set()
+            for attempt in range(g.retry.num_retries + 1):
+                dep = self._choose(g, tried)
+                if dep is None:
+                    break
+                if attempt:
+                    retries += 1
+                    m.retries.labels(g.name, dep.name).inc()
+                    delay = self._backoff_s(g.retry, attempt)
+                    if delay > 0:
+                        try:
+                            await self._sleep(delay)
+                        except BaseException:
+                            dep.breaker.record_abandoned()
+                            raise
+                tried.add(dep)
+                dep.in_flight += 1
+                t0 = self._clock()
+                try:
+                    result = await op(dep)
+                except UpstreamError as exc:
+                    dep.in_flight -= 1
+                    m.upstream_requests.labels(g.name, dep.name, _outcome(exc)).inc()
+                    if not exc.retryable:
+                        dep.breaker.record_success()  # it answered: the client's request was at fault
+                        raise
+                    dep.breaker.record_failure()
+                    last = exc
+                    continue
+                except BaseException:
+                    dep.in_flight -= 1
+                    dep.breaker.record_abandoned()
+                    m.upstream_requests.labels(g.name, dep.name, "cancelled").inc()
+                    raise
+                routed = Routed(result, dep, g, hops, retries, self, t0, hold)
+                if not hold:
+                    self._finish(dep, ok=True, started=t0)
+                return routed
+        if last is not None:
+            raise last
+        raise NoDeploymentAvailableError(
+            f"no deployment of model {group.name!r}"
+            + (" or its fallbacks" if len(chain) > 1 else "")
+            + " is available (circuit open or at capacity)",
+            retry_after_s=self._retry_after(chain),
+        )
+
+    def _finish(self, dep: DeploymentSlot, *, ok: bool | None, started: float) -> None:
+        dep.in_flight -= 1
+        elapsed = self._clock() - started
+        m = self._metrics
+        if ok is None:
+            dep.breaker.record_abandoned()
+            m.upstream_requests.labels(dep.model, dep.name, "cancelled").inc()
+        elif ok:
+            dep.breaker.record_success()
+            dep.latency_ewma_s = elapsed if dep.latency_ewma_s == 0.0 else (
+                self._alpha * elapsed + (1 - self._alpha) * dep.latency_ewma_s
+            )
+            m.upstream_requests.labels(dep.model, dep.name, "ok").inc()
+            m.upstream_latency.labels(dep.model, dep.name).observe(elapsed)
+        else:
+            dep.breaker.record_failure()
+            m.upstream_requests.labels(dep.model, dep.name, "stream_error").inc()
+
+    def _retry_after(self, chain: Sequence[ModelGroup]) -> float:
+        waits = [
+            d.breaker.retry_after_s()
+            for g in chain
+            for d in g.deployments
+            if d.breaker.state is BreakerState.open
+        ]
+        return min(waits) if waits else 1.0
+
+
+def _outcome(exc: UpstreamError) -> str:
+    if isinstance(exc, UpstreamStatusError):
+        return str(exc.upstream_status)
+    if isinstance(exc, UpstreamTimeoutError):
+        return "timeout"
+    if isinstance(exc, UpstreamConnectError):
+        return "connect_error"
+    return "error"

@@ -1,0 +1,86 @@
+"""Running the app under uvicorn (uvloop + httptools), with modelyard's shutdown semantics.
+
+SIGTERM/SIGINT: stop accepting, mark the app draining (readiness 503), let in-flight requests and
+streams finish within ``server.graceful_timeout_s``, close the upstream pool, exit 0. (uvicorn by
+default re-raises the captured signal after a graceful stop, which would make the exit status 143;
+a clean drain is a success, so modelyard exits 0.)
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Callable
+
+import uvicorn
+
+from modelyard.api import create_app
+from modelyard.api.app import ModelyardApp
+from modelyard.config.schema import Settings
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: ModelyardApp, on_ready: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._app = app
+        self._on_ready = on_ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self._on_ready()
+
+    def handle_exit(self, sig: int, frame: object) -> None:  # type: ignore[override]
+        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+        self._captured_signals.clear()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._app.services is not None:
+            self._app.services.draining = True
+        await super().shutdown(sockets)
+
+
+def _loop_name() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        return "asyncio"
+    return "uvloop"
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(settings: Settings, *, host: str | None = None, port: int | None = None, log_level: str = "warning") -> None:
+    """Serve until SIGTERM/SIGINT. Prints ``modelyard listening on URL`` once ready."""
+    host = host or settings.server.host
+    port = settings.server.port if port is None else port
+    sock = bind(host, port)
+    actual = sock.getsockname()[1]
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        loop=_loop_name(),
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=log_level,
+        timeout_graceful_shutdown=int(settings.server.graceful_timeout_s + 0.999),
+        timeout_keep_alive=30,
+        server_header=False,
+        date_header=False,
+    )
+    shown = f"[{host}]" if ":" in host else host
+
+    def ready() -> None:
+        print(f"modelyard listening on http://{shown}:{actual} ({len(settings.models)} models)", flush=True)
+
+    _Server(config, app, ready).run(sockets=[sock])
+    sys.stdout.flush()
