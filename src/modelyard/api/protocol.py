@@ -49,7 +49,7 @@ def _check_common(data: dict[str, Any]) -> bool:
     for key in ("max_tokens", "max_completion_tokens", "n"):
         v = _optional(data, key, (int,), "an integer")
         if v is not None and v < (0 if key != "n" else 1):
-            raise _bad(key, "must be positive")
+            raise _bad(key, "must not be negative" if key != "n" else "must be at least 1")
     for key in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         _optional(data, key, _NUMBER, "a number")
     stop = data.get("stop")

@@ -36,9 +36,9 @@ class SSERelay:
 
     def feed(self, chunk: bytes) -> bytes:
         """Take upstream bytes; return the complete events to forward now (maybe empty)."""
-        if b"\r" in chunk:
-            chunk = chunk.replace(b"\r\n", b"\n")
         buf = self._buf + chunk if self._buf else chunk
+        if b"\r" in buf:  # normalise the joined buffer: a chunk may end between \r and \n
+            buf = buf.replace(b"\r\n", b"\n")
         end = buf.rfind(b"\n\n")
         if end < 0:
             self._buf = buf
@@ -47,8 +47,9 @@ class SSERelay:
         complete = buf[: end + 2]
         if not self._strip_usage and self.first_content and b'"usage":{' not in complete and b'"usage": {' not in complete:
             # Fast path: nothing to inspect in these events beyond counting them.
-            self.content_events += complete.count(b"\n\n")
-            if b"[DONE]" in complete:
+            done = b"data: [DONE]" in complete
+            self.content_events += complete.count(b"data:") - done  # one data line per event
+            if done:
                 self.saw_done = True
             return complete
         out: list[bytes] = []

@@ -49,7 +49,7 @@ class QueueConfig(_Strict):
 
 class RetryConfig(_Strict):
     """Retries inside one model group for retryable failures (connect errors, timeouts, 408, 429,
-    5xx), with exponential backoff ``base_s * 2**attempt`` capped at ``max_s``, full jitter."""
+    5xx), with exponential backoff ``backoff_base_s * 2**(attempt-1)`` capped at ``max_s``, full jitter."""
 
     num_retries: Annotated[int, Field(ge=0, le=20)] = 2
     backoff_base_s: NonNegFloat = 0.05

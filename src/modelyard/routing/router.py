@@ -28,7 +28,7 @@ from modelyard.errors import (
 )
 from modelyard.observability.metrics import Metrics
 from modelyard.routing.admission import Admission
-from modelyard.routing.breaker import BreakerState, CircuitBreaker, Clock
+from modelyard.routing.breaker import BreakerState, CircuitBreaker, Clock, Ticket
 from modelyard.routing.strategies import Picker, make_picker
 
 T = TypeVar("T")
@@ -78,6 +78,7 @@ class Routed(Generic[T]):
     hops: int  # fallback hops taken
     retries: int
     _router: "Router"
+    _ticket: Ticket
     _t0: float
     _held: bool = field(default=False)
 
@@ -86,7 +87,7 @@ class Routed(Generic[T]):
         (None: abandoned by the client, no verdict on the deployment)."""
         if self._held:
             self._held = False
-            self._router._finish(self.deployment, ok=ok, started=self._t0)
+            self._router._finish(self.deployment, self._ticket, ok=ok, started=self._t0)
 
 
 class Router:
@@ -173,14 +174,15 @@ class Router:
         return [d for g in self._groups.values() for d in g.deployments]
 
     # --- the path ------------------------------------------------------------------------------
-    def _choose(self, group: ModelGroup, tried: set[DeploymentSlot]) -> DeploymentSlot | None:
+    def _choose(self, group: ModelGroup, tried: set[DeploymentSlot]) -> tuple[DeploymentSlot, Ticket] | None:
         fresh = [d for d in group.deployments if d not in tried and d.has_room() and d.breaker.available()]
         if not fresh:  # every healthy deployment was tried: a retry may go to one of them again
             fresh = [d for d in group.deployments if d.has_room() and d.breaker.available()]
             if not fresh:
                 return None
         dep = fresh[0] if len(fresh) == 1 else group.picker.pick(fresh, self._rng)  # type: ignore[assignment]
-        return dep if dep.breaker.try_acquire() else None
+        ticket = dep.breaker.try_acquire()
+        return (dep, ticket) if ticket is not None else None
 
     def _backoff_s(self, retry: RetryConfig, attempt: int) -> float:
         cap = min(retry.backoff_max_s, retry.backoff_base_s * (2 ** (attempt - 1)))
@@ -207,9 +209,10 @@ class Router:
                 m.fallbacks.labels(group.name, g.name).inc()
             tried: set[DeploymentSlot] = set()
             for attempt in range(g.retry.num_retries + 1):
-                dep = self._choose(g, tried)
-                if dep is None:
+                chosen = self._choose(g, tried)
+                if chosen is None:
                     break
+                dep, ticket = chosen
                 if attempt:
                     retries += 1
                     m.retries.labels(g.name, dep.name).inc()
@@ -218,7 +221,7 @@ class Router:
                         try:
                             await self._sleep(delay)
                         except BaseException:
-                            dep.breaker.record_abandoned()
+                            dep.breaker.record_abandoned(ticket)
                             raise
                 tried.add(dep)
                 dep.in_flight += 1
@@ -229,19 +232,19 @@ class Router:
                     dep.in_flight -= 1
                     m.upstream_requests.labels(g.name, dep.name, _outcome(exc)).inc()
                     if not exc.retryable:
-                        dep.breaker.record_success()  # it answered: the client's request was at fault
+                        dep.breaker.record_success(ticket)  # it answered: the client's request was at fault
                         raise
-                    dep.breaker.record_failure()
+                    dep.breaker.record_failure(ticket)
                     last = exc
                     continue
                 except BaseException:
                     dep.in_flight -= 1
-                    dep.breaker.record_abandoned()
+                    dep.breaker.record_abandoned(ticket)
                     m.upstream_requests.labels(g.name, dep.name, "cancelled").inc()
                     raise
-                routed = Routed(result, dep, g, hops, retries, self, t0, hold)
+                routed = Routed(result, dep, g, hops, retries, self, ticket, t0, hold)
                 if not hold:
-                    self._finish(dep, ok=True, started=t0)
+                    self._finish(dep, ticket, ok=True, started=t0)
                 return routed
         if last is not None:
             raise last
@@ -252,22 +255,22 @@ class Router:
             retry_after_s=self._retry_after(chain),
         )
 
-    def _finish(self, dep: DeploymentSlot, *, ok: bool | None, started: float) -> None:
+    def _finish(self, dep: DeploymentSlot, ticket: Ticket, *, ok: bool | None, started: float) -> None:
         dep.in_flight -= 1
         elapsed = self._clock() - started
         m = self._metrics
         if ok is None:
-            dep.breaker.record_abandoned()
+            dep.breaker.record_abandoned(ticket)
             m.upstream_requests.labels(dep.model, dep.name, "cancelled").inc()
         elif ok:
-            dep.breaker.record_success()
+            dep.breaker.record_success(ticket)
             dep.latency_ewma_s = elapsed if dep.latency_ewma_s == 0.0 else (
                 self._alpha * elapsed + (1 - self._alpha) * dep.latency_ewma_s
             )
             m.upstream_requests.labels(dep.model, dep.name, "ok").inc()
             m.upstream_latency.labels(dep.model, dep.name).observe(elapsed)
         else:
-            dep.breaker.record_failure()
+            dep.breaker.record_failure(ticket)
             m.upstream_requests.labels(dep.model, dep.name, "stream_error").inc()
 
     def _retry_after(self, chain: Sequence[ModelGroup]) -> float:
