@@ -127,6 +127,13 @@ class QueueTimeoutError(OverloadedError):
     code = "queue_timeout"
 
 
+class ShuttingDownError(OverloadedError):
+    """The request was still running when the shutdown grace period ended."""
+
+    status = 503
+    code = "shutting_down"
+
+
 class NoDeploymentAvailableError(OverloadedError):
     """Every deployment of every model in the chain is open (circuit breaker) or at capacity."""
 

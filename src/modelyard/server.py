@@ -62,7 +62,11 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     """Serve until SIGTERM/SIGINT. Prints ``modelyard listening on URL`` once ready."""
     host = host or settings.server.host
     port = settings.server.port if port is None else port
-    sock = bind(host, port)
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        print(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
     actual = sock.getsockname()[1]
     app = create_app(settings)
     config = uvicorn.Config(

@@ -16,7 +16,8 @@ from modelyard.api.proxy import Proxy
 from modelyard.backends.httpclient import HTTPPool
 from modelyard.backends.openai import OpenAIBackend
 from modelyard.config.schema import Deployment, Settings
-from modelyard.errors import MethodNotAllowedError, ModelyardError, NotFoundError, internal_error_body
+from modelyard.api.sse import error_event
+from modelyard.errors import MethodNotAllowedError, ModelyardError, NotFoundError, ShuttingDownError, internal_error_body
 from modelyard.observability.logging import AccessLog
 from modelyard.observability.metrics import UNKNOWN_MODEL, Metrics
 from modelyard.routing.breaker import Clock
@@ -147,10 +148,14 @@ class ModelyardApp:
             if not req.started:
                 await req.respond_error(exc)
         except asyncio.CancelledError:
-            if not req.disconnected or task is None:
+            if task is None:
                 raise
             task.uncancel()
-            req.status = 499  # client closed the request (nginx's convention)
+            if req.disconnected:
+                req.status = 499  # client closed the request (nginx's convention)
+            else:
+                # Not the client: the server's shutdown grace period ran out. Answer anyway.
+                await self._cancelled_by_shutdown(req)
         except Exception:  # noqa: BLE001 - the one place that turns a bug into a clean 500
             log.exception("unhandled error on %s %s (request %s)", req.method, req.path, req.request_id)
             if not req.started:
@@ -160,6 +165,17 @@ class ModelyardApp:
             if req.watcher is not None:
                 req.watcher.cancel()
             self._record(req, services)
+
+    async def _cancelled_by_shutdown(self, req: Request) -> None:
+        exc = ShuttingDownError("the server is shutting down; retry the request", retry_after_s=1.0)
+        try:
+            if not req.started:
+                await req.respond_error(exc)
+            elif not req.finished:
+                req.status = exc.status
+                await req.end_stream(error_event(exc))
+        except (OSError, RuntimeError):  # the connection is already gone: nothing left to tell
+            pass
 
     def _record(self, req: Request, services: Services) -> None:
         elapsed = services.clock() - req.t0

@@ -1,0 +1,50 @@
+"""Fixtures that run the real thing: mock upstream processes and the gateway, on free loopback ports.
+
+- ``procs`` / ``module_procs``: a ``ProcessPool`` (function / module scope); teardown stops every
+  process it started and asserts that each one exited on SIGTERM.
+- ``shared_mock``: one plain mock upstream per test module; ``mock`` is the same process reset
+  (behaviour ``ok``, counters zeroed) for the test using it.
+- ``gateway(config_dict, env=None)``: writes the YAML and starts ``modelyard serve`` on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .support import Gateway, MockUpstream, ProcessPool
+
+
+@pytest.fixture(scope="module")
+def module_procs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessPool]:
+    pool = ProcessPool(tmp_path_factory.mktemp("module-procs"))
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[ProcessPool]:
+    pool = ProcessPool(tmp_path)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="module")
+def shared_mock(module_procs: ProcessPool) -> MockUpstream:
+    return module_procs.mock()
+
+
+@pytest.fixture
+def mock(shared_mock: MockUpstream) -> MockUpstream:
+    shared_mock.reset("ok")
+    return shared_mock
+
+
+@pytest.fixture
+def gateway(procs: ProcessPool):  # noqa: ANN201 - a factory
+    def start(config: dict | str, *, env: dict[str, str] | None = None) -> Gateway:
+        return procs.gateway(config, env=env)
+
+    return start
