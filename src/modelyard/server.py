@@ -79,6 +79,7 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
         timeout_graceful_shutdown=int(settings.server.graceful_timeout_s + 0.999),
         timeout_keep_alive=30,
         server_header=False,
+        proxy_headers=False,  # modelyard never reads the client address
         date_header=False,
     )
     shown = f"[{host}]" if ":" in host else host

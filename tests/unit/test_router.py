@@ -358,7 +358,7 @@ async def test_hold_keeps_in_flight_until_finish() -> None:
     routed = await env.run("m", hold=True, stream=True)
     assert routed.result == "a"
     assert env.slot("a").in_flight == 1
-    assert env.sample("modelyard_upstream_requests_total", model="m", deployment="a", outcome="ok") is None
+    assert env.sample("modelyard_upstream_requests_total", model="m", deployment="a", outcome="ok") == 0  # series exist from startup
     routed.finish(ok=True)
     assert env.slot("a").in_flight == 0
     assert env.sample("modelyard_upstream_requests_total", model="m", deployment="a", outcome="ok") == 1

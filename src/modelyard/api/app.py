@@ -91,11 +91,13 @@ class ModelyardApp:
     async def startup(self) -> Services:
         if self.services is None:
             self.services = build_services(self.settings, access_log=self._access_log, clock=self._clock)
+            self.services.access_log.start()
         return self.services
 
     async def shutdown(self) -> None:
         if self.services is not None:
             await self.services.pool.aclose()
+            await self.services.access_log.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -182,8 +184,9 @@ class ModelyardApp:
         model = req.model or UNKNOWN_MODEL
         m = services.metrics
         endpoint = req.endpoint if req.status != 404 or req.model else "other"
-        m.requests.labels(model, endpoint, str(req.status)).inc()
-        m.request_latency.labels(model, endpoint).observe(elapsed)
+        count, latency = m.request_series(model, endpoint, req.status)
+        count.inc()
+        latency.observe(elapsed)
         if services.access_log.enabled:
             services.access_log.write(
                 {

@@ -140,13 +140,12 @@ class Proxy:
         if not usage:
             return
         p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        m = self._metrics.tokens
         if isinstance(p, int) and p > 0:
             req.prompt_tokens = p
-            m.labels(dep.model, dep.name, "in").inc(p)
+            dep.series.tokens_in.inc(p)
         if isinstance(c, int) and c > 0:
             req.completion_tokens = c
-            m.labels(dep.model, dep.name, "out").inc(c)
+            dep.series.tokens_out.inc(c)
 
 
 def _usage_of(body: bytes) -> dict[str, Any] | None:

@@ -171,8 +171,13 @@ class _Connection(asyncio.Protocol):
         """The next body chunk, or None at the end of the body."""
         while True:
             if self._chunks:
-                chunk = self._chunks.popleft()
-                self._buffered -= len(chunk)
+                # Hand over everything that has already arrived at once: one read from the
+                # upstream often carries several chunked pieces (SSE events), and each piece
+                # handed over separately costs a client write downstream. Nothing waits for it.
+                chunks = self._chunks
+                chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self._buffered = 0
                 if self._paused and self._buffered < _HIGH_WATER // 2 and self.transport is not None:
                     self._paused = False
                     self.transport.resume_reading()

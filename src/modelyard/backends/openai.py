@@ -93,18 +93,20 @@ class HTTPStream:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         conn_iter = self._resp.iter()
+        loop = asyncio.get_running_loop()
+        idle = self._idle
+        # One timeout context for the whole stream, pushed forward after each chunk: entering a
+        # fresh one per SSE event costs more than relaying the event.
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(self._idle):
-                        chunk = await anext(conn_iter)
-                except StopAsyncIteration:
-                    return
-                except TimeoutError as exc:
-                    raise UpstreamTimeoutError(f"upstream stream stalled for {self._idle:g}s") from exc
-                except ProtocolError as exc:
-                    raise UpstreamError(f"upstream stream broke: {exc}") from exc
-                yield chunk
+            async with asyncio.timeout(idle) as deadline:
+                async for chunk in conn_iter:
+                    deadline.reschedule(None)  # the consumer's time (a slow client) is not upstream idle time
+                    yield chunk
+                    deadline.reschedule(loop.time() + idle)
+        except TimeoutError as exc:
+            raise UpstreamTimeoutError(f"upstream stream stalled for {idle:g}s") from exc
+        except ProtocolError as exc:
+            raise UpstreamError(f"upstream stream broke: {exc}") from exc
         finally:
             await conn_iter.aclose()
 

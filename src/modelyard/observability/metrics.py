@@ -6,6 +6,9 @@ process. Every series is labelled by public model, and by deployment where one a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -54,5 +57,38 @@ class Metrics:
             ["model", "deployment"], registry=r,
         )
 
+        self._request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    # Resolving a labelled child costs about a microsecond (a lock and a dict lookup); the hot
+    # path uses children resolved once and cached here or on the deployment.
+    def request_series(self, model: str, endpoint: str, status: int) -> tuple[Any, Any]:
+        """(requests counter, latency histogram) children for one label set."""
+        key = (model, endpoint, status)
+        series = self._request_series.get(key)
+        if series is None:
+            series = self._request_series[key] = (
+                self.requests.labels(model, endpoint, str(status)),
+                self.request_latency.labels(model, endpoint),
+            )
+        return series
+
+    def deployment_series(self, model: str, deployment: str) -> "DeploymentSeries":
+        return DeploymentSeries(
+            ok=self.upstream_requests.labels(model, deployment, "ok"),
+            latency=self.upstream_latency.labels(model, deployment),
+            tokens_in=self.tokens.labels(model, deployment, "in"),
+            tokens_out=self.tokens.labels(model, deployment, "out"),
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+@dataclass(frozen=True)
+class DeploymentSeries:
+    """The per-deployment children touched on every successful request."""
+
+    ok: Any
+    latency: Any
+    tokens_in: Any
+    tokens_out: Any

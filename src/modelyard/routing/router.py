@@ -26,7 +26,7 @@ from modelyard.errors import (
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
-from modelyard.observability.metrics import Metrics
+from modelyard.observability.metrics import DeploymentSeries, Metrics
 from modelyard.routing.admission import Admission
 from modelyard.routing.breaker import BreakerState, CircuitBreaker, Clock, Ticket
 from modelyard.routing.strategies import Picker, make_picker
@@ -48,6 +48,7 @@ class DeploymentSlot:
     weight: float
     timeout_s: float
     max_concurrency: int | None
+    series: DeploymentSeries
     in_flight: int = 0
     latency_ewma_s: float = 0.0
 
@@ -132,6 +133,7 @@ class Router:
                     weight=d.weight,
                     timeout_s=d.timeout_s or r.timeout_s,
                     max_concurrency=d.max_concurrency,
+                    series=self._metrics.deployment_series(m.name, name),
                 )
             )
         q = m.queue or r.queue
@@ -267,8 +269,8 @@ class Router:
             dep.latency_ewma_s = elapsed if dep.latency_ewma_s == 0.0 else (
                 self._alpha * elapsed + (1 - self._alpha) * dep.latency_ewma_s
             )
-            m.upstream_requests.labels(dep.model, dep.name, "ok").inc()
-            m.upstream_latency.labels(dep.model, dep.name).observe(elapsed)
+            dep.series.ok.inc()
+            dep.series.latency.observe(elapsed)
         else:
             dep.breaker.record_failure(ticket)
             m.upstream_requests.labels(dep.model, dep.name, "stream_error").inc()
