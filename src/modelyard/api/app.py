@@ -9,7 +9,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from modelyard.api.http import Receive, Request, Scope, Send
 from modelyard.api.proxy import Proxy

@@ -84,7 +84,7 @@ class Deployment(_Strict):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("not a URL (expected http(s)://host[:port][/path])")
         try:
-            parts.port
+            _ = parts.port  # raises ValueError on a bad port
         except ValueError as exc:
             raise ValueError("not a URL (bad port)") from exc
         return v.rstrip("/")
