@@ -91,9 +91,12 @@ def test_cuda_round_trips_keep_outputs_and_free_device_memory() -> None:
     assert all(p.device.type == "cuda" for p in m.parameters()) and m.scale.device.type == "cuda"
     assert torch.cuda.memory_allocated() - base >= fw.nbytes
     with torch.no_grad():
-        assert torch.allclose(m(ids.cuda()).cpu(), ref)
+        out = m(ids.cuda()).cpu()
+    assert torch.allclose(out, ref, rtol=1e-4, atol=1e-5), (out - ref).abs().max()
+    active = torch.cuda.memory_allocated()  # includes the BLAS workspace the forward pass allocated
     fw.to_host()
-    assert fw.is_pinned() and torch.cuda.memory_allocated() == base
+    assert fw.is_pinned()
+    assert active - torch.cuda.memory_allocated() >= fw.nbytes, "demotion did not free the weights' device memory"
     host_ptr = _storage_ptr(m.lin.weight)
     fw.to_device("cuda", keep_host_copy=True)
     fw.to_host()  # reuses the kept copy: no transfer, the same host storage comes back
