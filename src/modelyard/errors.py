@@ -141,6 +141,42 @@ class NoDeploymentAvailableError(OverloadedError):
     code = "no_deployment_available"
 
 
+# --- local models (issue 3) ---------------------------------------------------------------------
+
+
+class ModelUnavailableError(ModelyardError):
+    """A local model cannot serve now (failed to load, corrupt artifact, does not fit)."""
+
+    status = 503
+    type = "server_error"
+    code = "model_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        if retry_after_s is not None:
+            self.headers.setdefault("retry-after", str(max(1, int(retry_after_s + 0.999))))
+
+
+class ModelLoadError(ModelUnavailableError):
+    """The engine failed to load the model (the message says why)."""
+
+    code = "model_load_failed"
+
+
+class InsufficientMemoryError(ModelUnavailableError):
+    """The model does not fit its tier even after every allowed eviction."""
+
+    code = "insufficient_memory"
+
+
+class ArtifactError(ModelyardError):
+    """A model artifact is missing, corrupt, or not the digest a deployment pinned."""
+
+    status = 503
+    type = "server_error"
+    code = "artifact_error"
+
+
 # --- upstream failures -------------------------------------------------------------------------
 
 
