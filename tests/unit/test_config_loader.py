@@ -180,7 +180,7 @@ def test_bad_url_path() -> None:
         (dep(api_base="http://h:99999"), "api_base: not a URL (bad port)"),
         (dep(weight=-1), "weight: Input should be greater than 0"),
         (dep(max_concurrency=0), "max_concurrency: Input should be greater than or equal to 1"),
-        (dep(kind="ray"), "kind: Input should be 'openai'"),
+        (dep(kind="ray"), "kind: must be one of: openai, local"),
         (dep(api_key=12345), "api_key: Input should be a valid string"),
         (dep(apibase="x"), "apibase: unknown field (did you mean 'api_base'?)"),
         (dep(colour="red"), "colour: unknown field"),
@@ -348,9 +348,9 @@ def test_litellm_validation_errors_name_litellm_keys_and_hide_secrets() -> None:
     assert msg.splitlines() == [
         "config.yaml: 4 problems",
         "  router_settings.num_retries: Input should be less than or equal to 20",
-        "  model_list[1].litellm_params.api_base: not a URL (expected http(s)://host[:port][/path])",
         "  model_list[1].litellm_params.weight: Input should be a valid number, unable to parse string as a number",
         "  model_list[1].litellm_params.rpm: Input should be greater than or equal to 1",
+        "  model_list[1].litellm_params.api_base: not a URL (expected http(s)://host[:port][/path])",
     ]
     assert SECRET not in msg
     # Structural problems are found by the translation, before validation.

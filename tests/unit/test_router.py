@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from modelyard.backends.base import CallOptions, UpstreamReply
-from modelyard.config.schema import BreakerConfig, Deployment, ModelConfig, RetryConfig, RouterConfig, Settings, Strategy
+from modelyard.config.schema import BreakerConfig, ModelConfig, OpenAIDeployment, RetryConfig, RouterConfig, Settings, Strategy
 from modelyard.errors import (
     NoDeploymentAvailableError, UpstreamConnectError, UpstreamError, UpstreamStatusError, UpstreamTimeoutError,
 )
@@ -76,7 +76,7 @@ def model(name: str, deps: list[str], **kw: Any) -> ModelConfig:
     caps = kw.pop("caps", {})
     return ModelConfig(
         name=name,
-        deployments=[Deployment(api_base="http://127.0.0.1:9", model=f"up-{d}", name=d, max_concurrency=caps.get(d)) for d in deps],
+        deployments=[OpenAIDeployment(api_base="http://127.0.0.1:9", model=f"up-{d}", name=d, max_concurrency=caps.get(d)) for d in deps],
         **kw,
     )
 
@@ -98,7 +98,7 @@ class Env:
         self.sleeps: list[float] = []
         self.metrics = Metrics()
 
-        def factory(d: Deployment) -> FakeBackend:
+        def factory(d: OpenAIDeployment) -> FakeBackend:
             return self.backends.setdefault(d.name or "", FakeBackend(d.name or "", self.log, self.clock))
 
         async def fake_sleep(delay: float) -> None:

@@ -26,7 +26,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from modelyard.config.schema import Settings
+from modelyard.config.schema import DEPLOYMENT_KINDS, Settings
 from modelyard.errors import ConfigError
 
 __all__ = [
@@ -193,10 +193,12 @@ def _format_validation_error(exc: ValidationError, origins: Mapping[str, str] | 
     """Turn pydantic errors into ``path: message`` lines, without ever including the input value."""
     problems: list[str] = []
     for err in exc.errors(include_url=False, include_context=False, include_input=False):
-        loc = tuple(err["loc"])
+        loc = _strip_kind_tags(tuple(err["loc"]))
         kind = err["type"]
         msg = str(err["msg"])
-        if kind == "extra_forbidden":
+        if kind == "invalid_kind":
+            loc, msg = (*loc, "kind"), "must be one of: " + ", ".join(DEPLOYMENT_KINDS)
+        elif kind == "extra_forbidden":
             msg = "unknown field" + _unknown_field_hint(loc)
         elif kind == "missing":
             msg = "required field is missing"
@@ -215,6 +217,16 @@ def _format_validation_error(exc: ValidationError, origins: Mapping[str, str] | 
         problems.append(f"{_display_path(path, origins)}: {lines[0]}")
         problems.extend(lines[1:])
     return problems
+
+
+def _strip_kind_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop the deployment union's tag that pydantic puts in the path (the user never wrote it)."""
+    out: list[Any] = []
+    for i, part in enumerate(loc):
+        if part in DEPLOYMENT_KINDS and i >= 2 and isinstance(loc[i - 1], int) and loc[i - 2] == "deployments":
+            continue
+        out.append(part)
+    return tuple(out)
 
 
 def _display_path(path: str, origins: Mapping[str, str] | None) -> str:
@@ -260,13 +272,22 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
                 tp = get_args(tp)[0]
                 continue
             return []
-        if isinstance(tp, type) and issubclass(tp, BaseModel) and part in tp.model_fields:
-            tp = tp.model_fields[part].annotation
+        owners = [m for m in _models_of(tp) if isinstance(part, str) and part in m.model_fields]
+        if owners:
+            tp = owners[0].model_fields[part].annotation
             continue
         return []
-    tp = _unwrap(tp)
+    fields: list[str] = []
+    for model in _models_of(_unwrap(tp)):  # a union (deployment kinds): every kind's fields
+        fields.extend(f for f in model.model_fields if f not in fields)
+    return fields
+
+
+def _models_of(tp: Any) -> list[type[BaseModel]]:
     if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return list(tp.model_fields)
+        return [tp]
+    if get_origin(tp) in (Union, types.UnionType):
+        return [m for arg in get_args(tp) for m in _models_of(_unwrap(arg))]
     return []
 
 

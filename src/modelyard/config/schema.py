@@ -8,10 +8,10 @@ unknown keys so that a typo is an error, not a silently ignored setting.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
@@ -63,19 +63,26 @@ class Price(_Strict):
     output_per_1k: NonNegFloat = 0.0
 
 
-class Deployment(_Strict):
-    """One place that can serve a public model."""
-
-    kind: Literal["openai"] = "openai"  # local / process / ray arrive with later issues
-    api_base: str
-    model: str = Field(min_length=1, description="model name sent to the upstream")
-    api_key: str | None = None
+class _DeploymentBase(_Strict):
     weight: PositiveFloat = 1.0
     timeout_s: PositiveFloat | None = None  # None → router.timeout_s
     max_concurrency: Annotated[int, Field(ge=1)] | None = None  # None → uncapped
     rpm: Annotated[int, Field(ge=1)] | None = None  # recorded; enforced by issue 5's limiter
     tpm: Annotated[int, Field(ge=1)] | None = None
     name: str | None = None  # label in metrics/logs; default "<public model>/<index>"
+
+    def upstream_name(self, public: str) -> str:
+        """The model name this deployment is asked for (a body naming another is re-encoded)."""
+        return public
+
+
+class OpenAIDeployment(_DeploymentBase):
+    """Any OpenAI-compatible HTTP upstream."""
+
+    kind: Literal["openai"] = "openai"
+    api_base: str
+    model: str = Field(min_length=1, description="model name sent to the upstream")
+    api_key: str | None = None
 
     @field_validator("api_base")
     @classmethod
@@ -88,6 +95,48 @@ class Deployment(_Strict):
         except ValueError as exc:
             raise ValueError("not a URL (bad port)") from exc
         return v.rstrip("/")
+
+    def upstream_name(self, public: str) -> str:
+        return self.model
+
+
+class BatchConfig(_Strict):
+    """Dynamic batching of embedding/classification requests (as in Triton)."""
+
+    max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
+    max_queue_delay_us: Annotated[int, Field(ge=0, le=1_000_000)] = 2000
+
+
+class LocalDeployment(_DeploymentBase):
+    """A model served in this process from the artifact store, under the memory manager."""
+
+    kind: Literal["local"]
+    artifact: str = Field(min_length=1, description="model name in the artifact store")
+    version: str | None = None  # None: the latest imported version
+    digest: str | None = None  # pin: loading refuses any other content ("sha256:<hex>")
+    n_ctx: Annotated[int, Field(ge=64)] = 2048  # llama.cpp: context shared by the slots
+    n_parallel: Annotated[int, Field(ge=1, le=64)] = 2  # llama.cpp: parallel slots
+    n_threads: Annotated[int, Field(ge=1)] | None = None
+    pinned: bool = False  # never leaves the active tier
+    preload: bool = False  # load at start instead of on first request
+    keep_alive_s: float | None = 300.0  # idle time before demotion; 0: unload at once; None/<0: forever
+    warmup_requests: Annotated[int, Field(ge=0, le=100)] = 1
+    batch: BatchConfig = BatchConfig()
+
+
+def _deployment_kind(v: object) -> str:
+    if isinstance(v, dict):
+        kind = v.get("kind", "openai")
+        return kind if isinstance(kind, str) else "openai"
+    return getattr(v, "kind", "openai")
+
+
+DEPLOYMENT_KINDS = ("openai", "local")
+Deployment = Annotated[
+    Union[Annotated[OpenAIDeployment, Tag("openai")], Annotated[LocalDeployment, Tag("local")]],
+    Discriminator(_deployment_kind, custom_error_type="invalid_kind",
+                  custom_error_message="must be one of: openai, local"),
+]
 
 
 class ModelConfig(_Strict):
@@ -122,10 +171,19 @@ class ServerConfig(_Strict):
     access_log: bool = True
 
 
+class MemoryConfig(_Strict):
+    """Budgets of the tiers local models live in (sizes in bytes, or "2GiB", "512MB", "auto")."""
+
+    active: int | str = "auto"  # the execution device (the CPU on a machine without GPU)
+    host: int | str = "auto"  # weights parked in CPU RAM
+    data_dir: str | None = None  # artifact store etc.; None: $MODELYARD_HOME or ~/.modelyard
+
+
 class Settings(_Strict):
     """The whole configuration."""
 
     server: ServerConfig = ServerConfig()
+    memory: MemoryConfig = MemoryConfig()
     router: RouterConfig = RouterConfig()
     models: list[ModelConfig] = Field(default_factory=list)
 

@@ -127,7 +127,7 @@ class Router:
                 DeploymentSlot(
                     name=name,
                     model=m.name,
-                    upstream_model=d.model,
+                    upstream_model=d.upstream_name(m.name),
                     backend=factory(d),
                     breaker=CircuitBreaker(m.breaker or r.breaker, self._clock, on_change=lambda s, g=gauge: g.set(int(s))),
                     weight=d.weight,
