@@ -14,6 +14,7 @@ import click
 
 from modelyard.config.loader import LoadResult, load_settings
 from modelyard.errors import ConfigError
+from modelyard.registry.cli import models as models_group
 
 
 def _load(path: str, environ: dict[str, str] | None = None) -> LoadResult:
@@ -92,6 +93,9 @@ def validate(config_path: str) -> None:
         f"{Path(config_path).name}: OK ({result.source_format} format, {len(s.models)} models, "
         f"{deployments} deployments, {len(result.warnings)} warnings)"
     )
+
+
+main.add_command(models_group)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -95,17 +95,13 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         try:
+            strings = {k: str(data[k]) for k in ("name", "version", "engine", "format", "source", "created")}
             return cls(
-                name=str(data["name"]),
-                version=str(data["version"]),
+                **strings,
                 digest=_norm_digest(data["digest"]),
-                engine=str(data["engine"]),
-                format=str(data["format"]),
                 quantisation=data.get("quantisation"),
                 size=int(data["size"]),
                 files=tuple(str(f) for f in data["files"]),
-                source=str(data["source"]),
-                created=str(data["created"]),
                 extra=dict(data.get("extra") or {}),
                 kind=str(data.get("kind", "file")),
             )
@@ -345,13 +341,22 @@ class ArtifactStore:
                         f"model {name}@{version} already exists with digest {old.digest}; the new content is "
                         f"sha256:{hexd} (import it under another version, or remove the old one first)"
                     )
-            if tmp is not None and (not self._blob_ok(hexd) or _listing(final) != _listing(tmp)):
+            have, new = _listing(final), (_listing(tmp) if tmp is not None else {})
+            if tmp is None and not have:  # removed between the caller's check and this lock
+                raise ArtifactError(f"cannot import {name!r}: blob sha256:{hexd} was removed during the import; import again")
+            # Intact = the same files and sizes (a single file may be named after another format).
+            intact = sorted(have.values()) == sorted(new.values()) and (kind == "file" or have == new)
+            if tmp is not None and not intact:
                 if final.exists():  # damaged (files missing or truncated): replace it
+                    if kind == "file" and len(have) == 1 and len(new) == 1 and have.keys() != new.keys():
+                        os.rename(tmp / next(iter(new)), tmp / next(iter(have)))  # keep the name manifests use
                     trash = self._blobs / f".tmp-bad-{uuid.uuid4().hex}"
                     os.rename(final, trash)
                     _rmtree(trash)
                 os.rename(tmp, final)
                 _fsync_dir(self._blobs)
+            elif tmp is not None:  # the stored copy wins; ours (linked or not) is discarded
+                meta["extra"].pop("linked", None)
             if mpath.is_file():
                 return self._read_manifest(mpath)  # same name, version and content: nothing to do
             files = tuple(sorted(_walk(final)))
@@ -499,16 +504,12 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def _fsync_dir(path: Path) -> None:
     """Persist a rename or a new entry in ``path`` (a no-op where directories cannot be opened)."""
-    try:
+    with contextlib.suppress(OSError):  # pragma: no branch
         fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _rmtree(path: Path) -> None:
