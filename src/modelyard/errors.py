@@ -76,6 +76,19 @@ class AuthenticationError(ModelyardError):
     code = "invalid_api_key"
 
 
+class PermissionDeniedError(ModelyardError):
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class ConflictError(InvalidRequestError):
+    """The request is valid but cannot be carried out in the resource's current state."""
+
+    status = 409
+    code = "conflict"
+
+
 class NotFoundError(InvalidRequestError):
     status = 404
     code = "not_found"

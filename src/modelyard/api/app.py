@@ -14,7 +14,10 @@ from modelyard.api.http import Receive, Request, Scope, Send
 from modelyard.api.proxy import Proxy
 from modelyard.backends.httpclient import HTTPPool
 from modelyard.backends.openai import OpenAIBackend
-from modelyard.config.schema import Deployment, Settings
+from modelyard.backends.base import Backend
+from modelyard.backends.local_models import LocalModels, build_local_models, has_local
+from modelyard.config.schema import Deployment, LocalDeployment, Settings
+from modelyard.memory.manager import MemoryManager
 from modelyard.api.sse import error_event
 from modelyard.errors import MethodNotAllowedError, ModelyardError, NotFoundError, ShuttingDownError, internal_error_body
 from modelyard.observability.logging import AccessLog
@@ -38,15 +41,34 @@ class Services:
     proxy: Proxy
     access_log: AccessLog
     clock: Clock
+    local: LocalModels | None = None
     draining: bool = False
     started_at: float = field(default_factory=time.time)
+
+    @property
+    def memory(self) -> MemoryManager | None:
+        return self.local.manager if self.local is not None else None
+
+    @property
+    def local_keys(self) -> dict[str, str]:
+        return self.local.keys if self.local is not None else {}
+
+    async def aclose(self) -> None:
+        if self.local is not None:
+            await self.local.aclose()
+        await self.pool.aclose()
+        await self.access_log.aclose()
 
 
 def build_services(settings: Settings, *, access_log: AccessLog | None = None, clock: Clock = time.monotonic) -> Services:
     metrics = Metrics()
     pool = HTTPPool()
+    local = build_local_models(settings, metrics.registry) if has_local(settings) else None
 
-    def backend_for(d: Deployment) -> OpenAIBackend:
+    def backend_for(d: Deployment) -> Backend:
+        if isinstance(d, LocalDeployment):
+            assert local is not None
+            return local.backends[id(d)]
         return OpenAIBackend(d.api_base, d.api_key, pool)
 
     router = Router(settings, backend_for, metrics, clock=clock)
@@ -58,6 +80,7 @@ def build_services(settings: Settings, *, access_log: AccessLog | None = None, c
         proxy=Proxy(router, metrics, clock),
         access_log=access_log or AccessLog(enabled=settings.server.access_log),
         clock=clock,
+        local=local,
     )
 
 
@@ -91,12 +114,13 @@ class ModelyardApp:
         if self.services is None:
             self.services = build_services(self.settings, access_log=self._access_log, clock=self._clock)
             self.services.access_log.start()
+            if self.services.memory is not None:
+                await self.services.memory.start()  # preloads pinned/preload models, starts keep-alive
         return self.services
 
     async def shutdown(self) -> None:
         if self.services is not None:
-            await self.services.pool.aclose()
-            await self.services.access_log.aclose()
+            await self.services.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from modelyard.api.app import ModelyardApp
 from modelyard.api.http import Request
-from modelyard.api.protocol import validate_chat, validate_completion, validate_embedding
+import orjson
+
+from modelyard.api.protocol import (
+    validate_chat,
+    validate_classification,
+    validate_completion,
+    validate_embedding,
+    validate_moderation,
+)
 from modelyard.errors import ModelNotFoundError
 
 
@@ -31,6 +39,21 @@ def register(app: ModelyardApp) -> None:
         model = validate_embedding(data)
         await services().proxy.forward(req, "/embeddings", model, data, raw, stream=False)
 
+    async def moderations(req: Request) -> None:
+        req.endpoint = "moderations"
+        data, raw = await req.json_object(app.max_body)
+        had_model = "model" in data
+        model = validate_moderation(data, DEFAULT_MODERATION_MODEL)
+        if not had_model:
+            raw = orjson.dumps(data)
+        await services().proxy.forward(req, "/moderations", model, data, raw, stream=False)
+
+    async def classifications(req: Request) -> None:
+        req.endpoint = "classifications"
+        data, raw = await req.json_object(app.max_body)
+        model = validate_classification(data)
+        await services().proxy.forward(req, "/classifications", model, data, raw, stream=False)
+
     async def list_models(req: Request) -> None:
         req.endpoint = "models"
         data = [_model_card(name, group.cfg.owned_by, group.created) for name, group in services().router.public_names()]
@@ -48,8 +71,14 @@ def register(app: ModelyardApp) -> None:
     app.route("/v1/chat/completions", "POST", chat_completions)
     app.route("/v1/completions", "POST", completions)
     app.route("/v1/embeddings", "POST", embeddings)
+    app.route("/v1/moderations", "POST", moderations)
+    app.route("/v1/classifications", "POST", classifications)
     app.route("/v1/models", "GET", list_models)
     app.prefix_route("/v1/models/", "GET", get_model)
+
+
+# OpenAI's default when a moderation request names no model; configure it as a name or alias.
+DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
 
 
 def _model_card(name: str, owned_by: str, created: int) -> dict[str, object]:

@@ -116,3 +116,37 @@ def _is_text_or_tokens(v: Any) -> bool:
     if all(isinstance(x, int) and not isinstance(x, bool) for x in v):
         return True
     return all(isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x) for x in v)
+
+
+def validate_moderation(data: dict[str, Any], default_model: str | None) -> str:
+    """Check a /v1/moderations body (text inputs); return the model (``default_model`` if none)."""
+    model = data.get("model")
+    if model is None:
+        if default_model is None:
+            raise InvalidRequestError("model: required field is missing (no default moderation model is configured)",
+                                      param="model", code="missing_required_parameter")
+        data["model"] = model = default_model
+    elif not isinstance(model, str) or not model:
+        raise _bad("model", f"expected a non-empty string, got {_type_name(model)}")
+    _check_texts(data)
+    return model
+
+
+def validate_classification(data: dict[str, Any]) -> str:
+    """Check a /v1/classifications body (modelyard's own endpoint); return the model."""
+    model = _check_model(data)
+    _check_texts(data)
+    top_k = _optional(data, "top_k", (int,), "an integer")
+    if top_k is not None and top_k < 1:
+        raise _bad("top_k", "must be at least 1")
+    return model
+
+
+def _check_texts(data: dict[str, Any]) -> None:
+    inp = data.get("input")
+    if inp is None:
+        raise InvalidRequestError("input: required field is missing", param="input", code="missing_required_parameter")
+    if isinstance(inp, str):
+        return
+    if not isinstance(inp, list) or not inp or not all(isinstance(x, str) for x in inp):
+        raise _bad("input", "expected a string or a non-empty array of strings")

@@ -1,0 +1,152 @@
+"""Building the local side of the app: artifact store, memory manager, engines, local backends.
+
+Called once from the app's lifespan. A local deployment whose artifact is missing or pinned to
+another digest does not stop the server: its model is registered with a loader that fails with
+the artifact's error, so requests for it get a clear 503 while every other model serves.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelyard.backends.local import LocalBackend
+from modelyard.config.schema import LocalDeployment, Settings
+from modelyard.errors import ArtifactError, ModelLoadError
+from modelyard.memory.devices import detect_budgets
+from modelyard.memory.manager import MemoryManager, ModelSpec
+from modelyard.observability.memory_metrics import MemoryMetrics
+from modelyard.registry.artifacts import ArtifactStore, Manifest
+from modelyard.runtime.base import Capability, Engine, Footprint, LoadOptions
+
+
+@dataclass
+class LocalModels:
+    manager: MemoryManager
+    store: ArtifactStore
+    executor: concurrent.futures.ThreadPoolExecutor
+    backends: dict[int, LocalBackend] = field(default_factory=dict)  # id(deployment config) → backend
+    keys: dict[str, str] = field(default_factory=dict)  # public model name → manager key (first local deployment)
+
+    async def aclose(self) -> None:
+        for b in self.backends.values():
+            await b.aclose()
+        await self.manager.aclose()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def data_dir(settings: Settings, environ: dict[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    if settings.memory.data_dir:
+        return Path(settings.memory.data_dir).expanduser()
+    return Path(env.get("MODELYARD_HOME") or "~/.modelyard").expanduser()
+
+
+def has_local(settings: Settings) -> bool:
+    return any(isinstance(d, LocalDeployment) for m in settings.models for d in m.deployments)
+
+
+def build_local_models(settings: Settings, metrics_registry: object, *, store: ArtifactStore | None = None) -> LocalModels:
+    budgets = detect_budgets({"active": settings.memory.active, "host": settings.memory.host})
+    manager = MemoryManager(budgets, metrics=MemoryMetrics(metrics_registry))  # type: ignore[arg-type]
+    store = store or ArtifactStore(data_dir(settings) / "artifacts")
+    workers = max(4, (os.cpu_count() or 2) * 2)
+    executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="modelyard-infer")
+    local = LocalModels(manager, store, executor)
+    for m in settings.models:
+        for i, d in enumerate(m.deployments):
+            if not isinstance(d, LocalDeployment):
+                continue
+            key = d.name or (m.name if i == 0 else f"{m.name}/{i}")
+            factory, path, caps, size = _engine_for(store, key, d)
+            manager.register(
+                ModelSpec(
+                    name=key,
+                    engine_factory=factory,
+                    artifact_path=path,
+                    load_options=LoadOptions(n_ctx=d.n_ctx, n_parallel=d.n_parallel, n_threads=d.n_threads),
+                    pinned=d.pinned,
+                    keep_alive_s=d.keep_alive_s,
+                    warmup_requests=d.warmup_requests,
+                    preload=d.preload,
+                    estimated_bytes=size,
+                )
+            )
+            local.backends[id(d)] = LocalBackend(
+                key=key, model=m.name, manager=manager, capabilities=caps, executor=executor, batch=d.batch
+            )
+            local.keys.setdefault(m.name, key)
+            for alias in m.aliases:
+                local.keys.setdefault(alias, key)
+    return local
+
+
+def _engine_for(
+    store: ArtifactStore, key: str, d: LocalDeployment
+) -> tuple[Callable[[], Engine], str, frozenset[Capability], int | None]:
+    """The engine factory, artifact path, capabilities and size estimate for one deployment."""
+    try:
+        manifest = store.get(d.artifact, d.version, digest=d.digest)
+        path = str(store.path(manifest))
+    except ArtifactError as exc:
+        message = exc.message
+        return (lambda: _Unloadable(key, message)), "", frozenset(Capability), None  # type: ignore[return-value]
+    size = manifest.size
+    if manifest.engine == "llamacpp":
+        from modelyard.runtime.llamacpp import LlamaCppEngine
+
+        return (lambda: LlamaCppEngine(key)), path, LlamaCppEngine.capabilities, size
+    if manifest.engine == "sentence-transformers":
+        from modelyard.runtime.sentence import SentenceEngine
+
+        return (lambda: SentenceEngine(key)), path, SentenceEngine.capabilities, size
+    if manifest.engine == "sklearn" and "classifier" in manifest.extra:
+        from modelyard.runtime.sklearn_models import IntentEngine
+
+        encoder = _encoder_path(store, manifest)
+        return (lambda: IntentEngine(key, encoder_path=encoder)), path, IntentEngine.capabilities, size
+    if manifest.engine == "sklearn":
+        from modelyard.runtime.sklearn_models import ProfanityModerationEngine
+
+        return (lambda: ProfanityModerationEngine(key)), path, ProfanityModerationEngine.capabilities, size
+    message = f"artifact {manifest.ref} has engine {manifest.engine!r}, which modelyard cannot run in-process"
+    return (lambda: _Unloadable(key, message)), path, frozenset(Capability), None  # type: ignore[return-value]
+
+
+def _encoder_path(store: ArtifactStore, manifest: Manifest) -> str | None:
+    name = manifest.extra.get("encoder")
+    if not name:
+        return None
+    try:
+        return str(store.path(store.get(name)))
+    except ArtifactError:
+        return None  # the engine's load says the encoder is missing
+
+
+class _Unloadable:
+    """Stands in for a model whose artifact cannot be used: every load fails with the reason."""
+
+    capabilities = frozenset(Capability)
+    supports_host_tier = False
+
+    def __init__(self, key: str, reason: str) -> None:
+        self._key = key
+        self._reason = reason
+
+    def load(self, artifact_path: str, opts: LoadOptions) -> Footprint:
+        raise ModelLoadError(f"model {self._key!r} cannot load: {self._reason}")
+
+    def to_host(self) -> None:  # pragma: no cover - never loaded
+        pass
+
+    def to_active(self) -> None:  # pragma: no cover
+        pass
+
+    def unload(self) -> None:
+        pass
+
+    def warmup(self) -> None:  # pragma: no cover
+        pass
