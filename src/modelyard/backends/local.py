@@ -62,6 +62,7 @@ class LocalBackend:
         self._executor = executor
         self._batch = batch
         self._batchers: dict[str, DynamicBatcher[str, Any]] = {}
+        self._batch_engine: object | None = None
         self.label = f"local:{key}"
 
     # --- Backend protocol ----------------------------------------------------------------------
@@ -128,6 +129,15 @@ class LocalBackend:
         return to_classification_response(self._model, labels, top_k=top_k)
 
     def _batcher(self, kind: str, fn: Callable[[list[str]], Any]) -> DynamicBatcher[str, Any]:
+        # The manager makes a new engine object on every load from disk: batchers are bound to
+        # the engine they call. While any caller holds a lease the engine cannot change, so when
+        # a new one shows up the old batchers have nothing queued and are simply dropped.
+        owner = getattr(fn, "__self__", None)
+        if owner is not None and owner is not self._batch_engine:
+            self._batch_engine = owner
+            for old in self._batchers.values():
+                asyncio.get_running_loop().create_task(old.aclose())
+            self._batchers.clear()
         b = self._batchers.get(kind)
         if b is None:
             b = self._batchers[kind] = DynamicBatcher(

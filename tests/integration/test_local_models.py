@@ -1,0 +1,227 @@
+"""Real models behind the real server, driven through the openai SDK.
+
+The server runs in this process (uvicorn on a free loopback port, in a thread with its own event
+loop) so that the test can watch the memory manager's own accounting after EVERY tier transition:
+the active budget holds two of the three big models, so a concurrent mixed workload forces
+evictions, and every request must still answer correctly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from openapi_schema import validate  # noqa: E402
+
+from modelyard.api import create_app  # noqa: E402
+from modelyard.config.loader import settings_from_dict  # noqa: E402
+from modelyard.memory.policy import Tier  # noqa: E402
+from modelyard.observability.logging import AccessLog  # noqa: E402
+from modelyard.registry.artifacts import ArtifactStore  # noqa: E402
+from modelyard.registry.defaults import import_defaults  # noqa: E402
+from modelyard.server import bind  # noqa: E402
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> ArtifactStore:
+    s = ArtifactStore(tmp_path_factory.mktemp("artifacts"))
+    import_defaults(s, names=["chat", "text-embedding", "moderation", "intent"])
+    return s
+
+
+class Served:
+    """uvicorn serving one app on a free port, in a background thread."""
+
+    def __init__(self, config: dict[str, Any], store: ArtifactStore) -> None:
+        self.settings = settings_from_dict(config).settings
+        self.app = create_app(self.settings, access_log=AccessLog(enabled=False))
+        self.store = store
+        self.sock = bind("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, lifespan="on", log_level="warning", loop="asyncio"))
+        self.transitions: list[tuple[str, Tier, Tier, dict[Tier, int]]] = []
+        self.violations: list[str] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        # Point the app at the test's store before the lifespan builds the local models.
+        from modelyard.backends import local_models
+
+        original = local_models.ArtifactStore
+        local_models.ArtifactStore = lambda root: self.store  # type: ignore[assignment,misc]
+        try:
+            await self.server.serve(sockets=[self.sock])
+        finally:
+            local_models.ArtifactStore = original  # type: ignore[misc]
+
+    def hook(self, name: str, src: Tier, dst: Tier, usage: dict[Tier, int]) -> None:
+        mm = self.app.services.memory
+        self.transitions.append((name, src, dst, dict(usage)))
+        for tier in (Tier.active, Tier.host):
+            budget = getattr(mm.budgets, tier.value)
+            if usage.get(tier, 0) > budget:
+                self.violations.append(f"{tier.value} over budget after {name} {src.value}→{dst.value}: {usage}")
+        if src is Tier.active:
+            snap = next(m for m in mm.snapshot() if m["name"] == name)
+            if snap["in_flight"]:
+                self.violations.append(f"{name} demoted with {snap['in_flight']} requests in flight")
+
+    def __enter__(self) -> "Served":
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            assert self.thread.is_alive(), "the server thread died during start-up"
+            assert time.monotonic() < deadline, "the server did not start within 60 s"
+            time.sleep(0.05)
+        self.app.services.memory.on_transition = self.hook
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "the server did not stop"
+
+
+def _local(artifact: str, **kw: Any) -> dict[str, Any]:
+    return {"kind": "local", "artifact": artifact, **kw}
+
+
+@pytest.fixture(scope="module")
+def served(store: ArtifactStore) -> Iterator[Served]:
+    config = {
+        # chat ≈ 280 MB active, text-embedding ≈ 320 MB, intent ≈ 330 MB (its own MiniLM encoder):
+        # 700 MB holds two of the three; the host tier holds one parked MiniLM.
+        "memory": {"active": 700 * MiB, "host": 160 * MiB},
+        "router": {"timeout_s": 120, "retry": {"num_retries": 0}},
+        "models": [
+            {"name": "chat", "deployments": [_local("chat", n_ctx=1024, n_parallel=2, pinned=False)]},
+            {"name": "text-embedding", "deployments": [_local("text-embedding")]},
+            {"name": "intent", "deployments": [_local("intent")]},
+            {"name": "moderation", "aliases": ["omni-moderation-latest"], "deployments": [_local("moderation", pinned=True)]},
+            {"name": "broken", "deployments": [_local("does-not-exist")]},
+        ],
+    }
+    with Served(config, store) as s:
+        yield s
+
+
+def client(s: Served) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{s.url}/v1", api_key="sk-test", max_retries=0, timeout=120)
+
+
+async def test_mixed_workload_under_a_two_model_budget_answers_everything(served: Served) -> None:
+    c = client(served)
+    http = httpx.AsyncClient(base_url=served.url, timeout=120)
+
+    async def chat(i: int) -> None:
+        r = await c.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": f"Say the number {i}."}], max_tokens=8, seed=i
+        )
+        validate(r.model_dump(exclude_unset=True), "CreateChatCompletionResponse")
+        assert r.choices[0].message.content and r.usage.completion_tokens <= 8
+
+    async def embed(i: int) -> None:
+        r = await c.embeddings.create(model="text-embedding", input=[f"sentence {i}", "another one"])
+        assert len(r.data) == 2 and len(r.data[0].embedding) == 384
+        assert r.usage.prompt_tokens > 0
+
+    async def intent(i: int) -> None:
+        r = await http.post("/v1/classifications", json={"model": "intent", "input": "I forgot my password", "top_k": 3})
+        assert r.status_code == 200, r.text
+        labels = r.json()["data"][0]["labels"]
+        assert len(labels) == 3 and labels[0]["score"] >= labels[1]["score"]
+
+    async def moderate(i: int) -> None:
+        r = await c.moderations.create(input=["you are a damn idiot", "have a lovely day"])
+        validate(r.model_dump(exclude_unset=True), "CreateModerationResponse")
+        assert r.results[0].flagged and not r.results[1].flagged
+
+    jobs = []
+    for i in range(6):
+        jobs += [chat(i), embed(i), intent(i), moderate(i)]
+    try:
+        await asyncio.gather(*jobs)
+    finally:
+        await http.aclose()
+    assert served.violations == []
+    demotions = [t for t in served.transitions if t[1] is Tier.active]
+    assert demotions, f"the budget never forced an eviction: {served.transitions}"
+    snap = {m["name"]: m for m in served.app.services.memory.snapshot()}
+    assert snap["moderation"]["tier"] == "active" and snap["moderation"]["demotions"] == 0, "a pinned model moved"
+    for name in ("chat", "text-embedding", "intent"):
+        assert snap[name]["warmups"] >= snap[name]["loads"] >= 1, f"{name}: warm-up did not run before serving"
+
+
+async def test_admin_api_demotes_and_reports(served: Served) -> None:
+    async with httpx.AsyncClient(base_url=served.url, timeout=120) as http:
+        r = await http.post("/v1/embeddings", json={"model": "text-embedding", "input": "warm me"})
+        assert r.status_code == 200
+        r = await http.post("/admin/models/text-embedding/demote", json={"to": "host"})
+        assert r.status_code == 200, r.text
+        assert r.json()["model"]["tier"] == "host"
+        r = await http.post("/v1/embeddings", json={"model": "text-embedding", "input": "back again"})
+        assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 384
+        listing = (await http.get("/admin/models")).json()
+        by_name = {m["name"]: m for m in listing["data"]}
+        assert by_name["text-embedding"]["tier"] == "active"
+        assert listing["memory"]["active"]["used_bytes"] <= listing["memory"]["active"]["budget_bytes"]
+        # Unload, then serve again: the reload makes a new engine; batching must follow it.
+        r = await http.post("/admin/models/text-embedding/unload")
+        assert r.status_code == 200 and r.json()["model"]["tier"] == "disk"
+        r = await http.post("/v1/embeddings", json={"model": "text-embedding", "input": ["reloaded", "twice"]})
+        assert r.status_code == 200, r.text
+        assert len(r.json()["data"]) == 2
+        r = await http.post("/admin/models/moderation/unload")
+        assert r.status_code in (400, 409, 503) and "pinned" in r.json()["error"]["message"]
+        metrics = (await http.get("/metrics")).text
+        assert "modelyard_model_transitions_total" in metrics
+
+
+async def test_missing_artifact_is_a_clear_503_and_the_others_keep_serving(served: Served) -> None:
+    c = client(served)
+    with pytest.raises(openai.APIStatusError) as ei:
+        await c.chat.completions.create(model="broken", messages=[{"role": "user", "content": "hi"}])
+    assert ei.value.status_code == 503
+    body = ei.value.response.json()
+    validate(body, "ErrorResponse")
+    assert "does-not-exist" in body["error"]["message"]
+    r = await c.embeddings.create(model="text-embedding", input="still fine")
+    assert len(r.data[0].embedding) == 384
+
+
+async def test_streaming_chat_from_a_local_model(served: Served) -> None:
+    c = client(served)
+    stream = await c.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "Count to five."}], max_tokens=16, stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, usage = "", None
+    async for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+        if chunk.usage:
+            usage = chunk.usage
+    assert text and usage is not None and 0 < usage.completion_tokens <= 16
+
+
+async def test_wrong_endpoint_for_a_model_is_a_404(served: Served) -> None:
+    c = client(served)
+    with pytest.raises(openai.NotFoundError) as ei:
+        await c.embeddings.create(model="chat", input="chat cannot embed")
+    assert "does not support" in ei.value.response.json()["error"]["message"]
