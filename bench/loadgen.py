@@ -105,8 +105,9 @@ class _Conn(asyncio.Protocol):
     connection broke while a request was outstanding; then ``conn.broken`` is set).
     """
 
-    def __init__(self, request: bytes, stream: bool, errors: Errors, on_done) -> None:
+    def __init__(self, request: bytes, stream: bool, errors: Errors, on_done, expect: tuple[bytes, ...] = ()) -> None:
         self.request = request
+        self.expect = expect or (b'"chat.completion"', b'"choices"')
         self.stream = stream
         self.errors = errors
         self.on_done = on_done
@@ -166,7 +167,7 @@ class _Conn(asyncio.Protocol):
             if not body.rstrip().endswith(b"data: [DONE]") or not self.t_content:
                 self.errors.add("bad stream body", body[-300:])
                 ok = False
-        elif b'"chat.completion"' not in body or b'"choices"' not in body:
+        elif not all(e in body for e in self.expect):
             self.errors.add("bad body", body)
             ok = False
         self.ok = ok
@@ -186,11 +187,11 @@ class _Conn(asyncio.Protocol):
         self.transport.write(self.request)  # type: ignore[union-attr]
 
 
-async def _connect(url: str, request: bytes, stream: bool, errors: Errors, on_done) -> _Conn:
+async def _connect(url: str, request: bytes, stream: bool, errors: Errors, on_done, expect: tuple[bytes, ...] = ()) -> _Conn:
     parts = urlsplit(url)
     loop = asyncio.get_running_loop()
     _, conn = await loop.create_connection(
-        lambda: _Conn(request, stream, errors, on_done), parts.hostname, parts.port
+        lambda: _Conn(request, stream, errors, on_done, expect), parts.hostname, parts.port
     )
     return conn
 
@@ -301,7 +302,8 @@ async def run_throughput(spec: dict) -> dict:
             drained.set_result(None)
 
     stream = bool(spec.get("stream", False))  # body is a stream: true request; responses are checked as SSE
-    conns = [await _connect(url, request, stream, errors, on_done) for _ in range(concurrency)]
+    expect = tuple(e.encode() for e in spec.get("expect", ()))  # substrings every 200 body must hold
+    conns = [await _connect(url, request, stream, errors, on_done, expect) for _ in range(concurrency)]
     for c in conns:
         st["inflight"] += 1
         c.send()

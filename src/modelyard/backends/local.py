@@ -120,13 +120,18 @@ class LocalBackend:
         if path == "/embeddings":
             results = await self._batcher("embed", engine.embed_each).submit(texts)
             return _embedding_response(self._model, request, results)
-        labels = await self._batcher("classify", engine.classify).submit(texts)
+        each = getattr(engine, "classify_each", None)  # (labels, tokens) per text where the engine counts tokens
+        if each is not None:
+            results = await self._batcher("classify", each).submit(texts)
+            labels, tokens = [r[0] for r in results], sum(r[1] for r in results)
+        else:
+            labels, tokens = await self._batcher("classify", engine.classify).submit(texts), 0
         if path == "/moderations":
             return to_moderation_response(self._model, labels)
         top_k = request.get("top_k", 5)
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise InvalidRequestError("top_k: expected a positive integer", param="top_k")
-        return to_classification_response(self._model, labels, top_k=top_k)
+        return to_classification_response(self._model, labels, top_k=top_k, prompt_tokens=tokens)
 
     def _batcher(self, kind: str, fn: Callable[[list[str]], Any]) -> DynamicBatcher[str, Any]:
         # The manager makes a new engine object on every load from disk: batchers are bound to

@@ -53,7 +53,10 @@ def build_local_models(settings: Settings, metrics_registry: object, *, store: A
     budgets = detect_budgets({"active": settings.memory.active, "host": settings.memory.host})
     manager = MemoryManager(budgets, metrics=MemoryMetrics(metrics_registry))  # type: ignore[arg-type]
     store = store or ArtifactStore(data_dir(settings) / "artifacts")
-    workers = max(4, (os.cpu_count() or 2) * 2)
+    # Each generation holds a worker for its whole length: size the pool above every llama.cpp
+    # slot, plus room for loads and embedding/classification batches.
+    slots = sum(d.n_parallel for m in settings.models for d in m.deployments if isinstance(d, LocalDeployment))
+    workers = max(8, slots + 4)
     executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="modelyard-infer")
     local = LocalModels(manager, store, executor)
     for m in settings.models:
@@ -67,7 +70,11 @@ def build_local_models(settings: Settings, metrics_registry: object, *, store: A
                     name=key,
                     engine_factory=factory,
                     artifact_path=path,
-                    load_options=LoadOptions(n_ctx=d.n_ctx, n_parallel=d.n_parallel, n_threads=d.n_threads),
+                    # One core left for the gateway itself: compute threads on every core collapse
+                    # as soon as anything else runs (measured: llama.cpp 55 → 5.5 tok/s on 2 cores).
+                    load_options=LoadOptions(
+                        n_ctx=d.n_ctx, n_parallel=d.n_parallel, n_threads=d.n_threads or max(1, (os.cpu_count() or 2) - 1)
+                    ),
                     pinned=d.pinned,
                     keep_alive_s=d.keep_alive_s,
                     warmup_requests=d.warmup_requests,

@@ -28,7 +28,7 @@ class Footprint:
     """Bytes a model occupies, measured after load (not guessed from the file size)."""
 
     weights: int  # weight bytes (RSS growth on CPU; torch allocation on a GPU)
-    kv_cache: int = 0  # KV-cache reserve: n_layers × 2 × n_ctx × n_kv_heads × head_dim × bytes × slots
+    kv_cache: int = 0  # KV-cache reserve: n_layers × 2 × n_ctx × n_kv_heads × head_dim × bytes (n_ctx is shared by the slots)
     overhead: int = 0  # runtime buffers (compute graph, scratch, tokenizer)
 
     @property
@@ -97,6 +97,10 @@ class ChatEngine(Engine, Protocol):
 class EmbeddingEngine(Engine, Protocol):
     def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
         """(one vector per text, in order; prompt tokens counted by the model's tokenizer)."""
+        ...
+
+    def embed_each(self, texts: list[str]) -> list[tuple[list[float], int]]:
+        """Per text (vector, tokens): a batch mixes callers, each is billed its own tokens."""
         ...
 
 
