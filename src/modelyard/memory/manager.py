@@ -32,8 +32,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from modelyard.errors import (
@@ -45,96 +43,21 @@ from modelyard.errors import (
     ModelyardError,
 )
 from modelyard.memory.policy import Budgets, Demotion, Resident, Tier, fmt_bytes, plan, plan_demote
+from modelyard.memory.records import (
+    _TRANSITIONAL,
+    MemoryAccountingError,
+    ModelRecord,
+    ModelSpec,
+    ModelState,
+    _Lease,
+)
 from modelyard.observability.memory_metrics import MemoryMetrics
-from modelyard.runtime.base import Engine, Footprint, LoadOptions
+from modelyard.runtime.base import Engine, Footprint
 
 log = logging.getLogger("modelyard.memory")
 
 Clock = Callable[[], float]
 TransitionHook = Callable[[str, Tier, Tier, dict[Tier, int]], None]
-
-
-class ModelState(str, Enum):
-    disk = "disk"
-    loading = "loading"  # disk → active or host → active in progress
-    warming = "warming"  # loaded, running warm-up requests; leases still wait
-    active = "active"
-    demoting = "demoting"  # active → host in progress
-    host = "host"
-    unloading = "unloading"  # → disk in progress
-    failed = "failed"  # last load/move failed (on disk); the next lease retries
-
-
-class MemoryAccountingError(ModelyardError):
-    """The manager's byte accounting broke its own invariant: a bug, never the client's fault."""
-
-    code = "memory_accounting"
-
-
-@dataclass
-class ModelSpec:
-    name: str
-    engine_factory: Callable[[], Engine]
-    artifact_path: str
-    load_options: LoadOptions = field(default_factory=LoadOptions)
-    pinned: bool = False
-    keep_alive_s: float | None = 300.0  # None or negative: forever; 0: unload as soon as idle
-    warmup_requests: int = 1
-    preload: bool = False
-    estimated_bytes: int | None = None  # active bytes to reserve before the first measured load
-
-
-@dataclass
-class _Model:
-    spec: ModelSpec
-    pinned: bool
-    in_flight_gauge: Any = None
-    state: ModelState = ModelState.disk
-    tier: Tier = Tier.disk
-    engine: Engine | None = None
-    footprint: Footprint | None = None  # last measured
-    active_bytes: int = 0  # accounted on the active tier now
-    host_bytes: int = 0  # accounted on the host tier now
-    in_flight: int = 0
-    waiting: int = 0  # leases/loads waiting for this model to become active
-    last_used: float | None = None
-    loads: int = 0
-    load_seconds: float = 0.0
-    demotions: int = 0
-    warmups: int = 0
-    load_failures: int = 0
-    error: str | None = None
-    task: asyncio.Task[None] | None = None  # the shared activation (single flight)
-
-
-_TRANSITIONAL = (ModelState.loading, ModelState.warming, ModelState.demoting, ModelState.unloading)
-
-
-class _Lease:
-    """``async with mm.lease(name) as engine``: the model is active and counted in flight inside."""
-
-    __slots__ = ("_mm", "_m", "_held")
-
-    def __init__(self, mm: MemoryManager, m: _Model) -> None:
-        self._mm = mm
-        self._m = m
-        self._held = False
-
-    async def __aenter__(self) -> Engine:
-        m, mm = self._m, self._mm
-        if m.state is ModelState.active and not mm._closing:  # fast path: no lock, no await
-            mm._take(m)
-            self._held = True
-            assert m.engine is not None
-            return m.engine
-        engine = await mm._acquire(m, take=True)
-        self._held = True
-        return engine
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._held:
-            self._held = False
-            self._mm._release(self._m)
 
 
 class MemoryManager:
@@ -159,7 +82,7 @@ class MemoryManager:
         self.on_transition = on_transition  # must not raise: exceptions are logged and ignored
         self._reap_interval_s = reap_interval_s
         self._sleep = sleep
-        self._models: dict[str, _Model] = {}
+        self._models: dict[str, ModelRecord] = {}
         self._lock = asyncio.Lock()
         self._released = asyncio.Event()  # set (and replaced) when room may have appeared
         self._release_armed = False  # someone holds the current event: set it on the next release
@@ -181,7 +104,7 @@ class MemoryManager:
             raise ValueError(f"model {spec.name!r} is already registered")
         if spec.warmup_requests < 0:
             raise ValueError(f"model {spec.name!r}: warmup_requests must be >= 0")
-        m = _Model(spec=spec, pinned=spec.pinned)
+        m = ModelRecord(spec=spec, pinned=spec.pinned)
         if self._metrics is not None:
             m.in_flight_gauge = self._metrics.in_flight(spec.name)
             self._metrics.set_state(spec.name, ModelState.disk.value, None)
@@ -342,19 +265,19 @@ class MemoryManager:
 
     # --- leases -----------------------------------------------------------------------------
 
-    def _get(self, name: str) -> _Model:
+    def _get(self, name: str) -> ModelRecord:
         m = self._models.get(name)
         if m is None:
             raise ModelNotFoundError(f"local model {name!r} is not registered with the memory manager")
         return m
 
-    def _take(self, m: _Model) -> None:
+    def _take(self, m: ModelRecord) -> None:
         m.in_flight += 1
         m.last_used = self._clock()
         if m.in_flight_gauge is not None:
             m.in_flight_gauge.inc()
 
-    def _release(self, m: _Model) -> None:
+    def _release(self, m: ModelRecord) -> None:
         m.in_flight -= 1
         m.last_used = self._clock()
         if m.in_flight_gauge is not None:
@@ -363,7 +286,7 @@ class MemoryManager:
         if m.in_flight == 0 and m.waiting == 0 and m.spec.keep_alive_s == 0 and not m.pinned and not self._closing:
             self._spawn(self._expire_one(m))
 
-    async def _acquire(self, m: _Model, *, take: bool) -> Engine:
+    async def _acquire(self, m: ModelRecord, *, take: bool) -> Engine:
         m.waiting += 1
         try:
             while True:
@@ -405,7 +328,7 @@ class MemoryManager:
 
     # --- activation ---------------------------------------------------------------------------
 
-    async def _activate(self, m: _Model) -> None:
+    async def _activate(self, m: ModelRecord) -> None:
         """The shared activation of one model; loops while only in-flight requests block it."""
         while True:
             async with self._lock:
@@ -418,7 +341,7 @@ class MemoryManager:
                     return
             await blocked.wait()
 
-    async def _activate_locked(self, m: _Model) -> asyncio.Event | None:
+    async def _activate_locked(self, m: ModelRecord) -> asyncio.Event | None:
         if m.tier is Tier.host:
             assert m.footprint is not None
             if await self._make_room(m, m.footprint.active):
@@ -430,7 +353,7 @@ class MemoryManager:
             return self._wait_event()
         return await self._load_from_disk(m, need)
 
-    async def _make_room(self, m: _Model, need: int) -> bool:
+    async def _make_room(self, m: ModelRecord, need: int) -> bool:
         """Demote until ``need`` active bytes fit for ``m``. True: blocked by requests in flight."""
         while True:
             p = plan(m.spec.name, need, self._residents(), self._budgets)
@@ -472,7 +395,7 @@ class MemoryManager:
             else:
                 await self._to_disk(v)
 
-    async def _load_from_disk(self, m: _Model, need: int) -> asyncio.Event | None:
+    async def _load_from_disk(self, m: ModelRecord, need: int) -> asyncio.Event | None:
         spec = m.spec
         self._set_state(m, ModelState.loading)
         m.tier, m.active_bytes = Tier.active, need  # reserve before the engine allocates
@@ -510,7 +433,7 @@ class MemoryManager:
         self._activated(m, Tier.disk, t0)
         return None
 
-    async def _host_to_active(self, m: _Model) -> None:
+    async def _host_to_active(self, m: ModelRecord) -> None:
         assert m.engine is not None and m.footprint is not None
         self._set_state(m, ModelState.loading)
         m.active_bytes = m.footprint.active
@@ -528,7 +451,7 @@ class MemoryManager:
         self._check()
         self._activated(m, Tier.host, t0)
 
-    def _activated(self, m: _Model, src: Tier, t0: float) -> None:
+    def _activated(self, m: ModelRecord, src: Tier, t0: float) -> None:
         now = self._clock()
         m.loads += 1
         m.load_seconds += now - t0
@@ -538,7 +461,7 @@ class MemoryManager:
 
     # --- demotions (all under the lock) -------------------------------------------------------
 
-    async def _to_host(self, m: _Model) -> None:
+    async def _to_host(self, m: ModelRecord) -> None:
         assert m.engine is not None and m.footprint is not None
         self._set_state(m, ModelState.demoting)
         m.host_bytes = m.footprint.host  # reserve on host first
@@ -558,7 +481,7 @@ class MemoryManager:
         self._set_state(m, ModelState.host)
         self._transition(m, Tier.active, Tier.host, self._clock() - t0)
 
-    async def _to_disk(self, m: _Model) -> None:
+    async def _to_disk(self, m: ModelRecord) -> None:
         src = m.tier
         self._set_state(m, ModelState.unloading)
         t0 = self._clock()
@@ -577,7 +500,7 @@ class MemoryManager:
             m.demotions += 1
             self._transition(m, src, Tier.disk, self._clock() - t0)
 
-    async def _discard(self, m: _Model) -> None:
+    async def _discard(self, m: ModelRecord) -> None:
         """Undo a load that never became active (no transition: it never arrived)."""
         engine = m.engine
         if engine is not None:
@@ -587,20 +510,20 @@ class MemoryManager:
                 log.warning("unloading model %r after a failed activation raised: %s", m.spec.name, exc)
         self._drop(m)
 
-    def _drop(self, m: _Model, failed: BaseException | None = None) -> None:
+    def _drop(self, m: ModelRecord, failed: BaseException | None = None) -> None:
         m.engine, m.tier, m.active_bytes, m.host_bytes = None, Tier.disk, 0, 0
         self._check()
         if failed is not None:
             self._note_failure(m, failed, "load")
         self._set_state(m, ModelState.failed if failed is not None else ModelState.disk)
 
-    def _expired(self, m: _Model) -> bool:
+    def _expired(self, m: ModelRecord) -> bool:
         ka = m.spec.keep_alive_s
         if m.state is not ModelState.active or m.pinned or m.in_flight or m.waiting or ka is None or ka < 0:
             return False
         return ka == 0 or self._clock() - (m.last_used or 0.0) > ka
 
-    async def _demote_idle(self, m: _Model) -> None:
+    async def _demote_idle(self, m: ModelRecord) -> None:
         if m.spec.keep_alive_s != 0 and m.engine is not None and m.engine.supports_host_tier:
             p = plan_demote(m.spec.name, self._residents(), self._budgets)
             if p.feasible:
@@ -608,7 +531,7 @@ class MemoryManager:
                 return
         await self._to_disk(m)
 
-    async def _expire_one(self, m: _Model) -> None:
+    async def _expire_one(self, m: ModelRecord) -> None:
         async with self._lock:
             if not self._closing and self._expired(m):
                 await self._demote_idle(m)
@@ -635,12 +558,12 @@ class MemoryManager:
                 f"memory accounting exceeds a budget: active {fmt_bytes(u[Tier.active])} of "
                 f"{fmt_bytes(self._budgets.active)}, host {fmt_bytes(u[Tier.host])} of {fmt_bytes(self._budgets.host)}")
 
-    def _set_state(self, m: _Model, state: ModelState) -> None:
+    def _set_state(self, m: ModelRecord, state: ModelState) -> None:
         prev, m.state = m.state, state
         if self._metrics is not None:
             self._metrics.set_state(m.spec.name, state.value, prev.value)
 
-    def _transition(self, m: _Model, src: Tier, dst: Tier, seconds: float) -> None:
+    def _transition(self, m: ModelRecord, src: Tier, dst: Tier, seconds: float) -> None:
         m.tier = dst
         log.info("model %r: %s → %s in %.3fs", m.spec.name, src.value, dst.value, seconds)
         if self._metrics is not None:
@@ -654,7 +577,7 @@ class MemoryManager:
             except Exception:
                 log.exception("on_transition hook raised")
 
-    def _note_failure(self, m: _Model, exc: BaseException, what: str) -> None:
+    def _note_failure(self, m: ModelRecord, exc: BaseException, what: str) -> None:
         if isinstance(exc, ModelyardError):
             detail = exc.message
         elif isinstance(exc, asyncio.CancelledError):
@@ -668,7 +591,7 @@ class MemoryManager:
                 self._metrics.load_failures.labels(m.spec.name).inc()
         log.warning("model %r: %s", m.spec.name, m.error)
 
-    def _raise_load_error(self, m: _Model, exc: BaseException) -> None:
+    def _raise_load_error(self, m: ModelRecord, exc: BaseException) -> None:
         """Waiters see a ModelLoadError carrying the recorded reason (the engine's own if it
         raised one); cancellation stays cancellation."""
         if isinstance(exc, (asyncio.CancelledError, ModelLoadError)):
