@@ -34,12 +34,12 @@ from modelyard.registry.defaults import import_defaults  # noqa: E402
 SENTENCE = "The quick brown fox jumps over the lazy dog while the platform team watches the dashboards."
 
 
-def offline(path: str, seconds: float) -> float:
+def offline(path: str, seconds: float, threads: int) -> float:
     from modelyard.runtime.base import LoadOptions
     from modelyard.runtime.sentence import SentenceEngine
 
     eng = SentenceEngine("offline")
-    eng.load(path, LoadOptions())
+    eng.load(path, LoadOptions(n_threads=threads))
     batch = [f"{SENTENCE} {i}" for i in range(32)]
     eng.embed_each(batch)  # warm
     n, t0 = 0, time.perf_counter()
@@ -55,13 +55,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2,
+                    help="torch threads, the same offline and in the server (default: every core)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="modelyard-embbench-") as tmp:
         home = Path(tmp)
         store = ArtifactStore(home / "artifacts")
         (manifest,) = import_defaults(store, names=["text-embedding"])
-        off = offline(str(store.path(manifest)), args.duration)
-        local = {"kind": "local", "artifact": "text-embedding", "keep_alive_s": -1, "preload": True}
+        off = offline(str(store.path(manifest)), args.duration, args.threads)
+        local = {"kind": "local", "artifact": "text-embedding", "keep_alive_s": -1, "preload": True,
+                 "n_threads": args.threads}
         config = {
             "memory": {"data_dir": str(home)},
             "server": {"access_log": False},
@@ -89,6 +92,7 @@ def main() -> int:
             server.stop()
     info = machine_info()
     print(f"embedding batching benchmark — {info}")
+    print(f"  torch threads: {args.threads} (offline and server alike)")
     print(f"  offline batch-32 (in-process, no server)   {off:8.1f} sentences/s")
     for model, r in results.items():
         lat = r["latency"]

@@ -16,7 +16,7 @@ from pathlib import Path
 from modelyard.backends.local import LocalBackend
 from modelyard.config.schema import LocalDeployment, Settings
 from modelyard.errors import ArtifactError, ModelLoadError
-from modelyard.memory.devices import detect_budgets
+from modelyard.memory.devices import detect_budgets, gpu_free_bytes
 from modelyard.memory.manager import MemoryManager, ModelSpec
 from modelyard.observability.memory_metrics import MemoryMetrics
 from modelyard.registry.artifacts import ArtifactStore, Manifest
@@ -51,6 +51,7 @@ def has_local(settings: Settings) -> bool:
 
 def build_local_models(settings: Settings, metrics_registry: object, *, store: ArtifactStore | None = None) -> LocalModels:
     budgets = detect_budgets({"active": settings.memory.active, "host": settings.memory.host})
+    device = "cuda" if gpu_free_bytes() is not None else "cpu"  # the active tier: the GPU where there is one
     manager = MemoryManager(budgets, metrics=MemoryMetrics(metrics_registry))  # type: ignore[arg-type]
     store = store or ArtifactStore(data_dir(settings) / "artifacts")
     # Each generation holds a worker for its whole length: size the pool above every llama.cpp
@@ -73,7 +74,8 @@ def build_local_models(settings: Settings, metrics_registry: object, *, store: A
                     # One core left for the gateway itself: compute threads on every core collapse
                     # as soon as anything else runs (measured: llama.cpp 55 → 5.5 tok/s on 2 cores).
                     load_options=LoadOptions(
-                        n_ctx=d.n_ctx, n_parallel=d.n_parallel, n_threads=d.n_threads or max(1, (os.cpu_count() or 2) - 1)
+                        device=device, n_ctx=d.n_ctx, n_parallel=d.n_parallel,
+                        n_threads=d.n_threads or max(1, (os.cpu_count() or 2) - 1),
                     ),
                     pinned=d.pinned,
                     keep_alive_s=d.keep_alive_s,
