@@ -29,6 +29,7 @@ class ModelyardError(Exception):
         code: str | None = None,
         status: int | None = None,
         headers: dict[str, str] | None = None,
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -38,6 +39,9 @@ class ModelyardError(Exception):
         if status is not None:
             self.status = status
         self.headers: dict[str, str] = dict(headers or {})
+        self.retry_after_s = retry_after_s
+        if retry_after_s is not None:  # whole seconds, at least 1 (HTTP's Retry-After)
+            self.headers.setdefault("retry-after", str(max(1, int(retry_after_s + 0.999))))
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -124,9 +128,7 @@ class OverloadedError(ModelyardError):
     code = "overloaded"
 
     def __init__(self, message: str, *, retry_after_s: float, **kw: Any) -> None:
-        super().__init__(message, **kw)
-        self.retry_after_s = retry_after_s
-        self.headers.setdefault("retry-after", str(max(1, int(retry_after_s + 0.999))))
+        super().__init__(message, retry_after_s=retry_after_s, **kw)  # required here: overload always says when
 
 
 class QueueFullError(OverloadedError):
@@ -152,42 +154,6 @@ class NoDeploymentAvailableError(OverloadedError):
 
     status = 503
     code = "no_deployment_available"
-
-
-# --- local models (issue 3) ---------------------------------------------------------------------
-
-
-class ModelUnavailableError(ModelyardError):
-    """A local model cannot serve now (failed to load, corrupt artifact, does not fit)."""
-
-    status = 503
-    type = "server_error"
-    code = "model_unavailable"
-
-    def __init__(self, message: str, *, retry_after_s: float | None = None, **kw: Any) -> None:
-        super().__init__(message, **kw)
-        if retry_after_s is not None:
-            self.headers.setdefault("retry-after", str(max(1, int(retry_after_s + 0.999))))
-
-
-class ModelLoadError(ModelUnavailableError):
-    """The engine failed to load the model (the message says why)."""
-
-    code = "model_load_failed"
-
-
-class InsufficientMemoryError(ModelUnavailableError):
-    """The model does not fit its tier even after every allowed eviction."""
-
-    code = "insufficient_memory"
-
-
-class ArtifactError(ModelyardError):
-    """A model artifact is missing, corrupt, or not the digest a deployment pinned."""
-
-    status = 503
-    type = "server_error"
-    code = "artifact_error"
 
 
 # --- upstream failures -------------------------------------------------------------------------
@@ -229,6 +195,41 @@ class UpstreamStatusError(UpstreamError):
         super().__init__(message, param=param, code=code, status=status, headers=headers)
         if etype:
             self.type = etype
+
+
+# --- local models (issue 3) ---------------------------------------------------------------------
+
+
+class ModelUnavailableError(UpstreamError):
+    """A local model cannot serve now (failed to load, corrupt artifact, does not fit).
+
+    An ``UpstreamError``: to the router a local model that cannot serve is a failed deployment,
+    so retries on other deployments and fallbacks apply, and the final answer is this 503."""
+
+    status = 503
+    type = "server_error"
+    code = "model_unavailable"
+
+
+class ModelLoadError(ModelUnavailableError):
+    """The engine failed to load the model (the message says why)."""
+
+    code = "model_load_failed"
+
+
+class InsufficientMemoryError(ModelUnavailableError):
+    """The model does not fit its tier even after every allowed eviction."""
+
+    code = "insufficient_memory"
+
+
+class ArtifactError(ModelyardError):
+    """A model artifact is missing, corrupt, or not the digest a deployment pinned."""
+
+    status = 503
+    type = "server_error"
+    code = "artifact_error"
+
 
 
 def _parse_upstream_error(body: bytes, status: int) -> tuple[str, str | None, str | None, str | None]:

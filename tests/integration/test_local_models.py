@@ -115,6 +115,7 @@ def served(store: ArtifactStore) -> Iterator[Served]:
             {"name": "intent", "deployments": [_local("intent")]},
             {"name": "moderation", "aliases": ["omni-moderation-latest"], "deployments": [_local("moderation", pinned=True)]},
             {"name": "broken", "deployments": [_local("does-not-exist")]},
+            {"name": "broken-with-fallback", "deployments": [_local("also-missing")], "fallbacks": ["chat"]},
         ],
     }
     with Served(config, store) as s:
@@ -203,6 +204,14 @@ async def test_missing_artifact_is_a_clear_503_and_the_others_keep_serving(serve
     assert "does-not-exist" in body["error"]["message"]
     r = await c.embeddings.create(model="text-embedding", input="still fine")
     assert len(r.data[0].embedding) == 384
+
+
+async def test_a_local_model_that_cannot_load_falls_back(served: Served) -> None:
+    raw = await client(served).chat.completions.with_raw_response.create(
+        model="broken-with-fallback", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
+    assert raw.headers["x-modelyard-model"] == "chat" and raw.headers["x-modelyard-fallbacks"] == "1"
+    assert raw.parse().choices[0].message.content is not None
 
 
 async def test_streaming_chat_from_a_local_model(served: Served) -> None:
