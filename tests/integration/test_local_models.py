@@ -234,3 +234,55 @@ async def test_wrong_endpoint_for_a_model_is_a_404(served: Served) -> None:
     with pytest.raises(openai.NotFoundError) as ei:
         await c.embeddings.create(model="chat", input="chat cannot embed")
     assert "does not support" in ei.value.response.json()["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A second server (with its own store): a corrupt artifact, a budget too small for chat, and
+    replicas whose artifact versions differ."""
+    store = ArtifactStore(tmp_path_factory.mktemp("tight-artifacts"))
+    import_defaults(store, names=["chat", "moderation"])
+    junk = tmp_path_factory.mktemp("junk") / "broken.gguf"
+    junk.write_bytes(b"GGUF" + b"\x00" * 4096)  # a GGUF magic, then nothing valid
+    store.import_file("corrupt-gguf", junk, engine="llamacpp", format="gguf", source="test:junk")
+    first = store.get("chat")
+    # a second version of "chat" with other content: replicas that load different versions
+    other = tmp_path_factory.mktemp("other") / "other.gguf"
+    other.write_bytes(Path(store.path(first)).read_bytes()[:1024] + b"different")
+    second = store.import_file("chat", other, engine="llamacpp", format="gguf", source="test:other", version="v2")
+    config = {
+        "memory": {"active": 64 * MiB, "host": 16 * MiB},
+        "router": {"timeout_s": 60, "retry": {"num_retries": 0}},
+        "models": [
+            {"name": "corrupt", "deployments": [_local("corrupt-gguf")]},
+            {"name": "too-big", "deployments": [_local("chat", version=first.version)]},
+            {"name": "replicas", "deployments": [_local("chat", version=first.version), _local("chat", version=second.version)]},
+            {"name": "moderation", "deployments": [_local("moderation")]},
+        ],
+    }
+    with Served(config, store) as s:
+        yield s
+
+
+async def test_corrupt_artifact_too_small_budget_and_replica_mismatch_are_clear_503s(tight: Served) -> None:
+    c = client(tight)
+
+    async def error_of(model: str) -> dict[str, Any]:
+        with pytest.raises(openai.APIStatusError) as ei:
+            await c.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+        assert ei.value.status_code == 503, ei.value.response.text
+        body = ei.value.response.json()
+        validate(body, "ErrorResponse")
+        return body["error"]
+
+    corrupt = await error_of("corrupt")
+    assert corrupt["code"] == "model_load_failed" and "corrupt" in corrupt["message"]
+    too_big = await error_of("too-big")
+    assert too_big["code"] == "insufficient_memory", too_big
+    assert "budget" in too_big["message"]
+    replicas = await error_of("replicas")
+    assert "different content" in replicas["message"]
+    # ... and the server keeps serving the model that fits
+    r = await c.moderations.create(model="moderation", input="have a nice day")
+    assert r.results[0].flagged is False
+    assert tight.violations == []

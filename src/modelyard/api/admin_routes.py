@@ -8,6 +8,7 @@ from __future__ import annotations
 from modelyard.api.app import ModelyardApp
 from modelyard.api.http import Request
 from modelyard.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from modelyard.memory.devices import gpu_memory_stats
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 _ACTIONS = ("load", "demote", "unload", "pin", "unpin")
@@ -41,6 +42,7 @@ def register(app: ModelyardApp) -> None:
                     tier.value: {"used_bytes": usage.get(tier, 0), "budget_bytes": getattr(budgets, tier.value)}
                     for tier in usage
                 },
+                "gpu": gpu_memory_stats(),  # allocated vs reserved (fragmentation); null without a GPU
             },
         )
 

@@ -61,11 +61,16 @@ def build_local_models(settings: Settings, metrics_registry: object, *, store: A
     executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="modelyard-infer")
     local = LocalModels(manager, store, executor)
     for m in settings.models:
+        resolved = {i: _resolve(store, d) for i, d in enumerate(m.deployments) if isinstance(d, LocalDeployment)}
+        mismatch = _replica_mismatch(m.name, resolved)
         for i, d in enumerate(m.deployments):
             if not isinstance(d, LocalDeployment):
                 continue
             key = d.name or (m.name if i == 0 else f"{m.name}/{i}")
-            factory, path, caps, size = _engine_for(store, key, d)
+            found = resolved[i]
+            if isinstance(found, Manifest) and d.artifact in mismatch:
+                found = mismatch[d.artifact]
+            factory, path, caps, size = _engine_for(store, key, found)
             manager.register(
                 ModelSpec(
                     name=key,
@@ -93,16 +98,40 @@ def build_local_models(settings: Settings, metrics_registry: object, *, store: A
     return local
 
 
-def _engine_for(
-    store: ArtifactStore, key: str, d: LocalDeployment
-) -> tuple[Callable[[], Engine], str, frozenset[Capability], int | None]:
-    """The engine factory, artifact path, capabilities and size estimate for one deployment."""
+def _resolve(store: ArtifactStore, d: LocalDeployment) -> Manifest | str:
+    """The manifest a deployment loads, or why it cannot."""
     try:
         manifest = store.get(d.artifact, d.version, digest=d.digest)
-        path = str(store.path(manifest))
+        store.path(manifest)
     except ArtifactError as exc:
-        message = exc.message
-        return (lambda: _Unloadable(key, message)), "", frozenset(Capability), None  # type: ignore[return-value]
+        return exc.message
+    return manifest
+
+
+def _replica_mismatch(model: str, resolved: dict[int, Manifest | str]) -> dict[str, str]:
+    """Replicas of one model that name the same artifact must load the same content: for each
+    artifact whose replicas resolve to different digests, the reason none of them may load."""
+    by_artifact: dict[str, dict[str, str]] = {}  # artifact → digest → "name@version"
+    for found in resolved.values():
+        if isinstance(found, Manifest):
+            by_artifact.setdefault(found.name, {})[found.digest] = found.ref
+    return {
+        name: f"replicas of model {model!r} resolve artifact {name!r} to different content: "
+        + ", ".join(f"{ref} ({digest})" for digest, ref in sorted(digests.items()))
+        + "; pin one version or digest for all of them"
+        for name, digests in by_artifact.items()
+        if len(digests) > 1
+    }
+
+
+def _engine_for(
+    store: ArtifactStore, key: str, found: Manifest | str
+) -> tuple[Callable[[], Engine], str, frozenset[Capability], int | None]:
+    """The engine factory, artifact path, capabilities and size estimate for one deployment."""
+    if isinstance(found, str):
+        return (lambda: _Unloadable(key, found)), "", frozenset(Capability), None  # type: ignore[return-value]
+    manifest = found
+    path = str(store.path(manifest))
     size = manifest.size
     if manifest.engine == "llamacpp":
         from modelyard.runtime.llamacpp import LlamaCppEngine

@@ -15,6 +15,7 @@ active tier on a GPU machine, else available RAM).
 from __future__ import annotations
 
 import importlib.util
+import sys
 import os
 import re
 from collections.abc import Mapping
@@ -144,3 +145,13 @@ def detect_budgets(spec: Mapping[str, int | str] | str = "auto", *, device: str 
             raise ConfigError(f"memory.{tier}: {exc}") from exc
 
     return Budgets(active=resolve("active", active_raw), host=resolve("host", host_raw))
+
+
+def gpu_memory_stats(device: str = "cuda:0") -> dict[str, int] | None:
+    """Allocated vs reserved bytes of torch's caching allocator (reserved − allocated is what
+    fragmentation and cached blocks hold back); None without a GPU. Never imports torch itself."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    dev = torch.device(device)
+    return {"allocated": int(torch.cuda.memory_allocated(dev)), "reserved": int(torch.cuda.memory_reserved(dev))}
