@@ -42,12 +42,10 @@ TIMEOUT_S = 10.0
 Request = Callable[[], Awaitable[tuple[int, bytes]]]
 
 
-async def make_httpx(url: str, body: bytes, c: int) -> tuple[Request, Callable[[], Awaitable[None]]]:
-    import httpx
-
-    client = httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=c, max_keepalive_connections=c), timeout=TIMEOUT_S
-    )
+async def _make_httpx_like(module: str, url: str, body: bytes, c: int) -> tuple[Request, Callable[[], Awaitable[None]]]:
+    """httpx and httpx2 share one API: one pooled AsyncClient either way."""
+    lib = __import__(module)
+    client = lib.AsyncClient(limits=lib.Limits(max_connections=c, max_keepalive_connections=c), timeout=TIMEOUT_S)
     full = url + PATH
 
     async def request() -> tuple[int, bytes]:
@@ -55,21 +53,14 @@ async def make_httpx(url: str, body: bytes, c: int) -> tuple[Request, Callable[[
         return r.status_code, r.content
 
     return request, client.aclose
+
+
+async def make_httpx(url: str, body: bytes, c: int) -> tuple[Request, Callable[[], Awaitable[None]]]:
+    return await _make_httpx_like("httpx", url, body, c)
 
 
 async def make_httpx2(url: str, body: bytes, c: int) -> tuple[Request, Callable[[], Awaitable[None]]]:
-    import httpx2
-
-    client = httpx2.AsyncClient(
-        limits=httpx2.Limits(max_connections=c, max_keepalive_connections=c), timeout=TIMEOUT_S
-    )
-    full = url + PATH
-
-    async def request() -> tuple[int, bytes]:
-        r = await client.post(full, content=body, headers=HEADERS)
-        return r.status_code, r.content
-
-    return request, client.aclose
+    return await _make_httpx_like("httpx2", url, body, c)
 
 
 async def make_aiohttp(url: str, body: bytes, c: int) -> tuple[Request, Callable[[], Awaitable[None]]]:
