@@ -12,17 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from modelyard.config.schema import BreakerConfig
 from modelyard.routing.breaker import CLOSED_TICKET, BreakerState, CircuitBreaker
-
-
-class FakeClock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
+from modelyard.testing.clock import ManualClock as FakeClock
 
 
 CFG = BreakerConfig(allowed_fails=3, window_s=60.0, cooldown_s=30.0)

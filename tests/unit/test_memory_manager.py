@@ -28,19 +28,9 @@ from modelyard.memory.manager import MemoryManager, ModelSpec, ModelState
 from modelyard.memory.policy import Budgets, Tier
 from modelyard.observability.memory_metrics import MemoryMetrics
 from modelyard.runtime.base import Capability, Footprint, LoadOptions
+from modelyard.testing.clock import ManualClock as FakeClock
 
 MAIN_THREAD = threading.get_ident()
-
-
-class FakeClock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
 
 
 class FakeModel:

@@ -19,13 +19,7 @@ from modelyard.errors import (
 from modelyard.observability.metrics import Metrics
 from modelyard.routing.breaker import BreakerState
 from modelyard.routing.router import DeploymentSlot, Router
-
-
-class FakeClock:
-    t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
+from modelyard.testing.clock import ManualClock as FakeClock
 
 
 OK, HANG = "ok", "hang"
