@@ -1,0 +1,36 @@
+"""`modelyard serve` with no config: the README's serve command serves the five embedded models.
+
+Runs the real CLI as a subprocess with a fresh MODELYARD_HOME (so the default set is imported into
+an empty artifact store first), then uses every model through the openai SDK.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import httpx
+
+from .support import ProcessPool
+
+
+
+def test_serve_without_config_serves_the_five_default_models(procs: ProcessPool, tmp_path) -> None:  # noqa: ANN001
+    env = {**os.environ, "MODELYARD_HOME": str(tmp_path / "home")}
+    gw = procs.gateway_args([], env=env)
+    c = gw.client(timeout=120)
+    assert {"chat", "coder", "intent", "moderation", "text-embedding"} <= {m.id for m in c.models.list().data}
+    chat = c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Hello!"}], max_tokens=8)
+    assert chat.choices[0].message.content and chat.usage.completion_tokens <= 8
+    code = c.completions.create(model="coder", prompt="def add(a, b):", max_tokens=8, temperature=0)
+    assert code.choices[0].text and code.usage.prompt_tokens > 0
+    emb = c.embeddings.create(model="text-embedding", input="hello")
+    assert len(emb.data[0].embedding) == 384
+    mod = c.moderations.create(input="you are a damn idiot")
+    assert mod.results[0].flagged
+    r = httpx.post(f"{gw.url}/v1/classifications", json={"model": "intent", "input": "reset my password"}, timeout=120)
+    assert r.status_code == 200 and r.json()["data"][0]["labels"]
+    store = tmp_path / "home" / "artifacts" / "manifests"
+    assert sorted(p.name for p in store.iterdir()) == ["chat", "coder", "intent", "moderation", "text-embedding"]
+    gw.signal(signal.SIGTERM)
+    assert gw.wait(30) == 0, gw.describe()
