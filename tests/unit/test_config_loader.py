@@ -180,7 +180,7 @@ def test_bad_url_path() -> None:
         (dep(api_base="http://h:99999"), "api_base: not a URL (bad port)"),
         (dep(weight=-1), "weight: Input should be greater than 0"),
         (dep(max_concurrency=0), "max_concurrency: Input should be greater than or equal to 1"),
-        (dep(kind="ray"), "kind: must be one of: openai, local"),
+        (dep(kind="ray"), "kind: must be one of: openai, local, process"),
         (dep(api_key=12345), "api_key: Input should be a valid string"),
         (dep(apibase="x"), "apibase: unknown field (did you mean 'api_base'?)"),
         (dep(colour="red"), "colour: unknown field"),

@@ -16,7 +16,7 @@ from modelyard.backends.httpclient import HTTPPool
 from modelyard.backends.openai import OpenAIBackend
 from modelyard.backends.base import Backend
 from modelyard.backends.local_models import LocalModels, build_local_models, has_local
-from modelyard.config.schema import Deployment, LocalDeployment, Settings
+from modelyard.config.schema import Deployment, LocalDeployment, ProcessDeployment, Settings
 from modelyard.memory.manager import MemoryManager
 from modelyard.api.sse import error_event
 from modelyard.errors import MethodNotAllowedError, ModelyardError, NotFoundError, ShuttingDownError, internal_error_body
@@ -63,10 +63,10 @@ class Services:
 def build_services(settings: Settings, *, access_log: AccessLog | None = None, clock: Clock = time.monotonic) -> Services:
     metrics = Metrics()
     pool = HTTPPool()
-    local = build_local_models(settings, metrics.registry) if has_local(settings) else None
+    local = build_local_models(settings, metrics.registry, pool=pool) if has_local(settings) else None
 
     def backend_for(d: Deployment) -> Backend:
-        if isinstance(d, LocalDeployment):
+        if isinstance(d, (LocalDeployment, ProcessDeployment)):
             assert local is not None
             return local.backends[id(d)]
         return OpenAIBackend(d.api_base, d.api_key, pool)

@@ -7,16 +7,24 @@ the artifact's error, so requests for it get a clear 503 while every other model
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import Any
+
+from modelyard.backends.httpclient import HTTPPool
 from modelyard.backends.local import LocalBackend
-from modelyard.config.schema import LocalDeployment, Settings
+from modelyard.backends.process import ProcessBackend
+from modelyard.config.schema import LocalDeployment, ProcessDeployment, Settings
+from modelyard.engines.placement import GpuPlacer
+from modelyard.engines.spec import ProcessSpec, preset
+from modelyard.engines.supervisor import ProcessEngine, RestartPolicy
 from modelyard.errors import ArtifactError, ModelLoadError
-from modelyard.memory.devices import detect_budgets, gpu_free_bytes
+from modelyard.memory.devices import detect_budgets, gpu_free_bytes, parse_bytes
 from modelyard.memory.manager import MemoryManager, ModelSpec
 from modelyard.observability.memory_metrics import MemoryMetrics
 from modelyard.registry.artifacts import ArtifactStore, Manifest
@@ -28,7 +36,7 @@ class LocalModels:
     manager: MemoryManager
     store: ArtifactStore
     executor: concurrent.futures.ThreadPoolExecutor
-    backends: dict[int, LocalBackend] = field(default_factory=dict)  # id(deployment config) → backend
+    backends: dict[int, LocalBackend | ProcessBackend] = field(default_factory=dict)  # id(deployment) → backend
     keys: dict[str, str] = field(default_factory=dict)  # public model name → manager key (first local deployment)
 
     async def aclose(self) -> None:
@@ -46,10 +54,13 @@ def data_dir(settings: Settings, environ: dict[str, str] | None = None) -> Path:
 
 
 def has_local(settings: Settings) -> bool:
-    return any(isinstance(d, LocalDeployment) for m in settings.models for d in m.deployments)
+    """Whether any deployment lives under the memory manager (in-process or a managed process)."""
+    return any(isinstance(d, (LocalDeployment, ProcessDeployment)) for m in settings.models for d in m.deployments)
 
 
-def build_local_models(settings: Settings, metrics_registry: object, *, store: ArtifactStore | None = None) -> LocalModels:
+def build_local_models(
+    settings: Settings, metrics_registry: object, *, pool: HTTPPool | None = None, store: ArtifactStore | None = None
+) -> LocalModels:
     budgets = detect_budgets({"active": settings.memory.active, "host": settings.memory.host})
     device = "cuda" if gpu_free_bytes() is not None else "cpu"  # the active tier: the GPU where there is one
     manager = MemoryManager(budgets, metrics=MemoryMetrics(metrics_registry))  # type: ignore[arg-type]
@@ -60,7 +71,12 @@ def build_local_models(settings: Settings, metrics_registry: object, *, store: A
     workers = max(8, slots + 4)
     executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="modelyard-infer")
     local = LocalModels(manager, store, executor)
+    placer = GpuPlacer()
     for m in settings.models:
+        for i, d in enumerate(m.deployments):
+            if isinstance(d, ProcessDeployment):
+                key = d.name or (m.name if i == 0 else f"{m.name}/{i}")
+                _register_process(local, store, placer, key, m.name, d, pool or HTTPPool(), data_dir(settings))
         resolved = {i: _resolve(store, d) for i, d in enumerate(m.deployments) if isinstance(d, LocalDeployment)}
         mismatch = _replica_mismatch(m.name, resolved)
         for i, d in enumerate(m.deployments):
@@ -96,6 +112,54 @@ def build_local_models(settings: Settings, metrics_registry: object, *, store: A
             for alias in m.aliases:
                 local.keys.setdefault(alias, key)
     return local
+
+
+def _register_process(
+    local: LocalModels, store: ArtifactStore, placer: GpuPlacer, key: str, public: str, d: ProcessDeployment,
+    pool: HTTPPool, home: Path,
+) -> None:
+    """A managed engine process: a ProcessEngine per start, one restart policy for its life."""
+    model_path = d.model_path or ""
+    problem: str | None = None
+    if d.artifact:
+        found = _resolve(store, LocalDeployment(kind="local", artifact=d.artifact))
+        if isinstance(found, str):
+            problem = found
+        else:
+            model_path = str(store.path(found))
+    fields: dict[str, Any] = {
+        "name": key, "health_path": d.health_path, "health_timeout_s": d.health_timeout_s, "env": dict(d.env),
+        "declared_memory_bytes": parse_bytes(d.memory) if d.memory else 0, "model_path": model_path,
+        "gpu": d.gpu, "share": d.share, "stop_grace_s": d.stop_grace_s, "max_restarts": max(1, d.max_restarts),
+        "restart_backoff_s": d.restart_backoff_s, "log_dir": str(home / "logs"),
+    }
+    if d.sleep_path:
+        fields.update(sleep_path=d.sleep_path, wake_path=d.wake_path)
+    spec = preset(d.preset, **fields, **({"command": d.command} if d.command else {})) if d.preset else ProcessSpec(
+        command=list(d.command or []), **fields
+    )
+    policy = RestartPolicy.for_spec(spec)
+    loop = asyncio.get_running_loop()
+    manager = local.manager
+
+    def on_down(engine: Any, reason: str) -> None:  # called from the engine's watcher thread
+        loop.call_soon_threadsafe(lambda: loop.create_task(manager.invalidate(key, engine, reason)))
+
+    def factory() -> Engine:
+        if problem is not None:
+            return _Unloadable(key, problem)  # type: ignore[return-value]
+        return ProcessEngine(spec, restart_policy=policy, placer=placer, on_down=on_down)  # type: ignore[return-value]
+
+    manager.register(
+        ModelSpec(
+            name=key, engine_factory=factory, artifact_path=model_path, pinned=d.pinned, preload=d.preload,
+            keep_alive_s=d.keep_alive_s, warmup_requests=0,  # ProcessEngine.load already warms the engine up
+            load_options=LoadOptions(n_ctx=d.n_ctx, n_parallel=d.n_parallel),
+            estimated_bytes=spec.declared_memory_bytes or None,
+        )
+    )
+    local.backends[id(d)] = ProcessBackend(key=key, manager=local.manager, pool=pool)  # type: ignore[assignment]
+    local.keys.setdefault(public, key)
 
 
 def _resolve(store: ArtifactStore, d: LocalDeployment) -> Manifest | str:

@@ -124,6 +124,45 @@ class LocalDeployment(_DeploymentBase):
     batch: BatchConfig = BatchConfig()
 
 
+class ProcessDeployment(_DeploymentBase):
+    """An engine process (vLLM, llama.cpp server, TGI, ...) that modelyard starts and stops on
+    demand, under the memory manager; requests are forwarded to it over loopback HTTP."""
+
+    kind: Literal["process"]
+    preset: Literal["vllm", "llamacpp-server", "tgi", "xllamacpp"] | None = None
+    command: list[str] | None = None  # placeholders {port} {host} {model_path} {gpu}; required without a preset
+    artifact: str | None = None  # model in the artifact store → {model_path}
+    model_path: str | None = None  # or a path given directly
+    model: str | None = None  # model name sent to the engine; default: the public name
+    health_path: str = "/health"
+    health_timeout_s: PositiveFloat = 120.0
+    env: dict[str, str] = Field(default_factory=dict)
+    memory: int | str = 0  # declared device memory ("8GiB"); 0: the process tree's RSS measured after start
+    sleep_path: str | None = None  # e.g. vLLM "/sleep?level=1": the host tier (weights kept in CPU RAM)
+    wake_path: str | None = None
+    gpu: str | None = None  # GPU index or MIG UUID → CUDA_VISIBLE_DEVICES
+    share: Literal["exclusive", "mps", "time-slice"] = "time-slice"
+    stop_grace_s: NonNegFloat = 10.0
+    max_restarts: Annotated[int, Field(ge=0, le=100)] = 5
+    restart_backoff_s: NonNegFloat = 1.0
+    n_ctx: Annotated[int, Field(ge=64)] = 2048  # {n_ctx} in the command (llama.cpp presets)
+    n_parallel: Annotated[int, Field(ge=1, le=64)] = 2  # {n_parallel}
+    pinned: bool = False
+    preload: bool = False
+    keep_alive_s: float | None = 300.0  # idle → asleep (host tier, if the engine sleeps) or stopped
+
+    @model_validator(mode="after")
+    def _command_or_preset(self) -> "ProcessDeployment":
+        if not self.command and not self.preset:
+            raise ValueError("give a command or a preset")
+        if self.artifact and self.model_path:
+            raise ValueError("give artifact or model_path, not both")
+        return self
+
+    def upstream_name(self, public: str) -> str:
+        return self.model or public
+
+
 def _deployment_kind(v: object) -> str:
     if isinstance(v, dict):
         kind = v.get("kind", "openai")
@@ -131,11 +170,15 @@ def _deployment_kind(v: object) -> str:
     return getattr(v, "kind", "openai")
 
 
-DEPLOYMENT_KINDS = ("openai", "local")
+DEPLOYMENT_KINDS = ("openai", "local", "process")
 Deployment = Annotated[
-    Union[Annotated[OpenAIDeployment, Tag("openai")], Annotated[LocalDeployment, Tag("local")]],
+    Union[
+        Annotated[OpenAIDeployment, Tag("openai")],
+        Annotated[LocalDeployment, Tag("local")],
+        Annotated[ProcessDeployment, Tag("process")],
+    ],
     Discriminator(_deployment_kind, custom_error_type="invalid_kind",
-                  custom_error_message="must be one of: openai, local"),
+                  custom_error_message="must be one of: openai, local, process"),
 ]
 
 

@@ -191,6 +191,18 @@ class MemoryManager:
     async def unload(self, name: str) -> None:
         await self.demote(name, Tier.disk)
 
+    async def invalidate(self, name: str, engine: Engine, reason: str | None = None) -> None:
+        """``engine`` died (a managed process exited or stopped answering): take the model to
+        disk even with requests in flight — they are failing already — so that the next lease
+        starts a fresh engine. A no-op when the model has moved on to another engine since."""
+        m = self._get(name)
+        async with self._lock:
+            if m.engine is not engine:
+                return
+            await self._to_disk(m)
+            if reason:
+                m.error = reason
+
     async def pin(self, name: str) -> None:
         """Pin ``name`` to the active tier (loading it now); on failure it is left unpinned."""
         m = self._get(name)
@@ -260,6 +272,8 @@ class MemoryManager:
                 "pinned": m.pinned,
                 "keep_alive_s": m.spec.keep_alive_s,
                 "error": m.error,
+                # engines with more to say (a managed process: pid, port, restarts) expose info()
+                "engine": _engine_info(m.engine),
             })
         return out
 
@@ -597,3 +611,14 @@ class MemoryManager:
         if isinstance(exc, (asyncio.CancelledError, ModelLoadError)):
             raise exc
         raise ModelLoadError(f"model {m.spec.name!r}: {m.error}") from exc
+
+
+def _engine_info(engine: Engine | None) -> dict[str, Any] | None:
+    info = getattr(engine, "info", None)
+    if not callable(info):
+        return None
+    try:
+        return dict(info())
+    except Exception:  # noqa: BLE001 - a report must never fail /admin/models
+        log.exception("engine info() raised")
+        return None

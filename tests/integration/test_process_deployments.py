@@ -1,0 +1,94 @@
+"""`kind: process` deployments through the real gateway: a real llama.cpp engine process
+(xllamacpp launcher serving SmolLM2) and the mock engine for faults, driven with the openai SDK."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+from modelyard.engines.procs import pid_alive
+from modelyard.registry.artifacts import ArtifactStore
+from modelyard.registry.defaults import import_defaults
+
+from .support import ProcessPool, wait_until
+
+
+def _mock_engine(mode: str) -> list[str]:
+    return [sys.executable, "-m", "modelyard.testing.mock_engine", "--port", "{port}", "--mode", mode]
+
+
+@pytest.fixture
+def home(tmp_path):  # noqa: ANN001, ANN201
+    home = tmp_path / "home"
+    import_defaults(ArtifactStore(home / "artifacts"), names=["chat"])
+    return home
+
+
+def _config(home, **extra):  # noqa: ANN001, ANN003, ANN202
+    return {
+        "memory": {"data_dir": str(home)},
+        "router": {"timeout_s": 60, "retry": {"num_retries": 0}},
+        "models": [
+            {"name": "smol", "deployments": [
+                {"kind": "process", "preset": "xllamacpp", "artifact": "chat", "n_ctx": 1024, "health_timeout_s": 60},
+            ]},
+            {"name": "crashy", "fallbacks": ["smol"], "deployments": [
+                {"kind": "process", "command": _mock_engine("crash-after:1"), "max_restarts": 3,
+                 "restart_backoff_s": 0.1, "health_timeout_s": 20},
+            ]},
+            {"name": "never-ready", "deployments": [
+                {"kind": "process", "command": _mock_engine("never-ready"), "health_timeout_s": 1.5},
+            ]},
+        ],
+        **extra,
+    }
+
+
+def _engine_pids(gw) -> dict[str, int]:  # noqa: ANN001
+    models = gw.http.get("/admin/models").json()["data"]
+    return {m["name"]: m["engine"]["pid"] for m in models if m.get("engine") and m["engine"].get("pid")}
+
+
+def test_a_real_engine_process_serves_and_stops_with_the_gateway(procs: ProcessPool, home) -> None:  # noqa: ANN001
+    gw = procs.gateway(_config(home))
+    c = gw.client(timeout=60)
+    r = c.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Hi!"}], max_tokens=8)
+    assert r.choices[0].message.content and r.usage.completion_tokens <= 8
+    pids = _engine_pids(gw)
+    assert pids.get("smol") and pid_alive(pids["smol"]), pids
+    stream = c.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Count."}], max_tokens=6,
+                                       stream=True)
+    assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
+    gw.signal(signal.SIGTERM)
+    assert gw.wait(30) == 0, gw.describe()
+    wait_until(lambda: not pid_alive(pids["smol"]), 15, "the engine process to exit with the gateway")
+
+
+def test_an_engine_that_crashes_mid_request_falls_back_and_is_restarted(procs: ProcessPool, home) -> None:  # noqa: ANN001
+    gw = procs.gateway(_config(home))
+    c = gw.client(timeout=60)
+    raw = c.chat.completions.with_raw_response.create(model="crashy", messages=[{"role": "user", "content": "x"}])
+    assert raw.headers["x-modelyard-model"] == "smol" and raw.headers["x-modelyard-fallbacks"] == "1"
+    wait_until(lambda: next(m for m in gw.http.get("/admin/models").json()["data"] if m["name"] == "crashy")["tier"]
+               == "disk", 15, "the dead engine to be taken off the active tier")
+    time.sleep(0.3)  # past the restart backoff
+    raw = c.chat.completions.with_raw_response.create(model="crashy", messages=[{"role": "user", "content": "y"}])
+    assert raw.headers["x-modelyard-model"] == "smol"  # it crashed again; no request was lost
+    crashy = next(m for m in gw.http.get("/admin/models").json()["data"] if m["name"] == "crashy")
+    assert crashy["loads"] >= 2, crashy
+
+
+def test_an_engine_that_never_gets_ready_is_a_clear_503_and_leaves_no_process(procs: ProcessPool, home) -> None:  # noqa: ANN001
+    gw = procs.gateway(_config(home))
+    r = gw.http.post("/v1/chat/completions", json={"model": "never-ready", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 503, r.text
+    err = r.json()["error"]
+    assert err["code"] == "model_load_failed" and "never-ready" in err["message"]
+    me = os.getpid()
+    leftovers = [line for line in os.popen("ps -eo pid,ppid,args").read().splitlines()
+                 if "mock_engine" in line and "never-ready" in line and str(me) not in line.split()[1:2]]
+    assert leftovers == [], leftovers
