@@ -14,6 +14,8 @@ from modelyard.engines.procs import pid_alive
 from modelyard.registry.artifacts import ArtifactStore
 from modelyard.registry.defaults import import_defaults
 
+from modelyard.memory.policy import Tier
+
 from .support import ProcessPool, wait_until
 
 
@@ -92,3 +94,56 @@ def test_an_engine_that_never_gets_ready_is_a_clear_503_and_leaves_no_process(pr
     leftovers = [line for line in os.popen("ps -eo pid,ppid,args").read().splitlines()
                  if "mock_engine" in line and "never-ready" in line and str(me) not in line.split()[1:2]]
     assert leftovers == [], leftovers
+
+
+async def test_two_engine_processes_and_in_process_models_share_one_budget(tmp_path) -> None:  # noqa: ANN001
+    """Two managed engines and two in-process models compete for an active budget that holds
+    only part of them: every request answers, and the manager's accounting never exceeds the
+    budget after any transition (checked by the hook in ``Served``)."""
+    import asyncio
+
+    import openai
+
+    from .inprocess import Served
+
+    store = ArtifactStore(tmp_path / "artifacts")
+    import_defaults(store, names=["chat", "text-embedding", "moderation"])
+    MiB = 1 << 20
+    config = {
+        # smol's process ≈ 210 MB RSS, the mock engine declares 200 MB, MiniLM ≈ 320 MB:
+        # 600 MB holds any two of the three.
+        "memory": {"active": 600 * MiB, "host": 0, "data_dir": str(tmp_path)},
+        "router": {"timeout_s": 120, "retry": {"num_retries": 0}},
+        "models": [
+            {"name": "smol", "deployments": [
+                {"kind": "process", "preset": "xllamacpp", "artifact": "chat", "n_ctx": 512, "health_timeout_s": 60},
+            ]},
+            {"name": "mock", "deployments": [
+                {"kind": "process", "command": _mock_engine("ok"), "memory": "200MiB", "health_timeout_s": 20},
+            ]},
+            {"name": "text-embedding", "deployments": [{"kind": "local", "artifact": "text-embedding"}]},
+            {"name": "moderation", "deployments": [{"kind": "local", "artifact": "moderation"}]},
+        ],
+    }
+    with Served(config, store) as s:
+        c = openai.AsyncOpenAI(base_url=f"{s.url}/v1", api_key="sk-test", max_retries=0, timeout=120)
+
+        async def chat(model: str, i: int) -> None:
+            r = await c.chat.completions.create(model=model, messages=[{"role": "user", "content": f"n {i}"}], max_tokens=4)
+            assert r.choices[0].message.content is not None
+
+        async def embed(i: int) -> None:
+            r = await c.embeddings.create(model="text-embedding", input=f"text {i}")
+            assert len(r.data[0].embedding) == 384
+
+        async def moderate(i: int) -> None:
+            r = await c.moderations.create(model="moderation", input="have a nice day")
+            assert not r.results[0].flagged
+
+        for i in range(3):  # rounds: each one needs room for all three big models in turn
+            await asyncio.gather(chat("smol", i), chat("mock", i), embed(i), moderate(i))
+        assert s.violations == []
+        assert any(src is Tier.active for _, src, _, _ in s.transitions), "the budget never forced an eviction"
+        pids = [m["engine"]["pid"] for m in s.app.services.memory.snapshot() if m.get("engine") and m["engine"].get("pid")]
+    for pid in pids:  # the server is gone: so are its engine processes
+        wait_until(lambda pid=pid: not pid_alive(pid), 15, f"engine process {pid} to exit")
