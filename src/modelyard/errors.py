@@ -210,6 +210,13 @@ class ModelUnavailableError(UpstreamError):
     type = "server_error"
     code = "model_unavailable"
 
+    def body(self) -> dict[str, Any]:
+        """Clients get the first line; the rest (an engine's log tail, say) is for operators and
+        stays in ``/admin/models`` and the server log."""
+        first, _, rest = self.message.partition("\n")
+        message = first + (" (details: GET /admin/models)" if rest.strip() else "")
+        return {"error": {"message": message, "type": self.type, "param": self.param, "code": self.code}}
+
 
 class ModelLoadError(ModelUnavailableError):
     """The engine failed to load the model (the message says why)."""

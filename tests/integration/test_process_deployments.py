@@ -90,6 +90,9 @@ def test_an_engine_that_never_gets_ready_is_a_clear_503_and_leaves_no_process(pr
     assert r.status_code == 503, r.text
     err = r.json()["error"]
     assert err["code"] == "model_load_failed" and "never-ready" in err["message"]
+    assert "\n" not in err["message"] and "MOCK_ENGINE_LISTENING" not in err["message"], "the log tail reached the client"
+    admin = next(m for m in gw.http.get("/admin/models").json()["data"] if m["name"] == "never-ready")
+    assert "MOCK_ENGINE_LISTENING" in admin["error"], admin  # ... it is for operators
     me = os.getpid()
     leftovers = [line for line in os.popen("ps -eo pid,ppid,args").read().splitlines()
                  if "mock_engine" in line and "never-ready" in line and str(me) not in line.split()[1:2]]
