@@ -1,0 +1,382 @@
+"""The spend store: one row per response, in SQLite (default) or PostgreSQL, through SQLAlchemy 2 async.
+
+One schema and one code path for both: timestamps are integer microseconds since the epoch (UTC) and
+money is integer nano-units, so comparisons, keyset cursors, sums and day buckets are exact and
+portable (no SQLite text datetimes, no float sums). Dialect differences are confined to the
+``INSERT … ON CONFLICT DO NOTHING`` constructor, the connection setup (SQLite: WAL + busy timeout)
+and the migration lock (see ``migrations``).
+
+The store is the I/O boundary (principle 3): the request path never calls it; ``SpendWriter`` does,
+off the request path. Foreign database errors become ``SpendStoreError`` here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    event,
+    func,
+    select,
+    tuple_,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from modelyard.errors import ConfigError, InvalidRequestError, ModelyardError
+
+from . import migrations
+from .pricing import NANO, from_nano, to_nano
+
+UTC = dt.timezone.utc
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+_US = dt.timedelta(microseconds=1)
+DAY_US = 86_400_000_000
+MAX_LOGS_LIMIT = 1000
+
+
+class SpendStoreError(ModelyardError):
+    """The spend database failed or is unreachable (the writer spools; admin reads answer 503)."""
+
+    status = 503
+    type = "server_error"
+    code = "spend_store_unavailable"
+
+
+def to_us(ts: dt.datetime) -> int:
+    if ts.tzinfo is None:
+        raise ValueError("spend timestamps must be timezone-aware (UTC)")
+    return (ts - _EPOCH) // _US
+
+
+def from_us(us: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=int(us))
+
+
+@dataclass(frozen=True, slots=True)
+class SpendRow:
+    request_id: str
+    ts: dt.datetime  # UTC, timezone-aware
+    key_hash: str | None
+    team: str | None
+    model: str
+    deployment: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: Decimal
+    priced: bool
+    latency_ms: float
+    status: int
+    fallbacks: int = 0
+    stream: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["ts"] = self.ts.isoformat()
+        d["cost"] = str(self.cost)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SpendRow:
+        d = dict(d)
+        d["ts"] = dt.datetime.fromisoformat(d["ts"])
+        d["cost"] = Decimal(d["cost"])
+        return cls(**d)
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRow:
+    group: dict[str, Any]  # {"model": "m"} / {"day": "2025-01-31"} / several keys
+    requests: int
+    errors: int  # status >= 400
+    error_rate: float
+    prompt_tokens: int
+    completion_tokens: int
+    cost: Decimal
+    cost_per_success: Decimal | None  # total cost / responses with status < 400; None without one
+    unpriced: int
+
+
+_md = MetaData()
+# The current shape of the table (the migrations create it; this only describes it for queries).
+spend_rows = Table(
+    "spend_rows",
+    _md,
+    Column("request_id", String, primary_key=True),
+    Column("ts_us", BigInteger),
+    Column("key_hash", String),
+    Column("team", String),
+    Column("model", String),
+    Column("deployment", String),
+    Column("prompt_tokens", BigInteger),
+    Column("completion_tokens", BigInteger),
+    Column("cost_nano", BigInteger),
+    Column("priced", Boolean),
+    Column("latency_ms", Float),
+    Column("status", Integer),
+    Column("fallbacks", Integer),
+    Column("stream", Boolean),
+)
+_t = spend_rows
+GROUPS: dict[str, Any] = {
+    "model": _t.c.model,
+    "key_hash": _t.c.key_hash,
+    "team": _t.c.team,
+    "deployment": _t.c.deployment,
+    "day": (_t.c.ts_us // DAY_US),  # integer division: the UTC day number, in both dialects
+}
+
+
+def _params(r: SpendRow) -> dict[str, Any]:
+    return {
+        "request_id": r.request_id,
+        "ts_us": to_us(r.ts),
+        "key_hash": r.key_hash,
+        "team": r.team,
+        "model": r.model,
+        "deployment": r.deployment,
+        "prompt_tokens": int(r.prompt_tokens),
+        "completion_tokens": int(r.completion_tokens),
+        "cost_nano": to_nano(r.cost),
+        "priced": bool(r.priced),
+        "latency_ms": float(r.latency_ms),
+        "status": int(r.status),
+        "fallbacks": int(r.fallbacks),
+        "stream": bool(r.stream),
+    }
+
+
+def _row(m: Any) -> SpendRow:
+    return SpendRow(
+        request_id=m.request_id,
+        ts=from_us(m.ts_us),
+        key_hash=m.key_hash,
+        team=m.team,
+        model=m.model,
+        deployment=m.deployment,
+        prompt_tokens=int(m.prompt_tokens),
+        completion_tokens=int(m.completion_tokens),
+        cost=from_nano(m.cost_nano),
+        priced=bool(m.priced),
+        latency_ms=float(m.latency_ms),
+        status=int(m.status),
+        fallbacks=int(m.fallbacks),
+        stream=bool(m.stream),
+    )
+
+
+def encode_cursor(ts_us: int, request_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{ts_us}:{request_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        ts, _, rid = raw.partition(":")
+        return int(ts), rid
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidRequestError("invalid cursor", param="cursor", code="invalid_cursor") from exc
+
+
+class SpendStore:
+    """``SpendStore("sqlite+aiosqlite:///var/spend.db")`` or ``SpendStore("postgresql+asyncpg://…")``.
+
+    Lifecycle: ``await start()`` (engine + migrations), queries, ``await aclose()``.
+    """
+
+    def __init__(self, url: str, *, busy_timeout_ms: int = 5000, pool_size: int = 5) -> None:
+        try:
+            self.url = make_url(url)
+        except ArgumentError as exc:
+            raise ConfigError(f"spend store url: {exc}") from exc
+        self.dialect = self.url.get_backend_name()
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise ConfigError(f"spend store url: unsupported database {self.dialect!r} (sqlite or postgresql)")
+        self._busy_timeout_ms = busy_timeout_ms
+        self._pool_size = pool_size
+        self._engine: AsyncEngine | None = None
+        self.applied: list[int] = []  # migration versions the last start() applied
+        insert_ = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
+        self._insert = insert_(_t).on_conflict_do_nothing(index_elements=["request_id"])
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise SpendStoreError("spend store not started")
+        return self._engine
+
+    async def start(self) -> None:
+        if self._engine is None:
+            self._engine = self._build_engine()
+        try:
+            self.applied = await migrations.apply(self._engine)
+        except (SQLAlchemyError, OSError) as exc:
+            raise SpendStoreError(f"spend store migrations failed: {exc}") from exc
+
+    def _build_engine(self) -> AsyncEngine:
+        if self.dialect == "sqlite":
+            db = self.url.database
+            if db and db != ":memory:":
+                Path(db).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_async_engine(self.url, pool_size=self._pool_size)
+            busy = int(self._busy_timeout_ms)
+
+            @event.listens_for(engine.sync_engine, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute(f"PRAGMA busy_timeout = {busy}")  # first: WAL itself may need the lock
+                cur.execute("PRAGMA journal_mode = WAL")  # readers never block the writer
+                cur.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe with WAL
+                cur.close()
+
+            return engine
+        return create_async_engine(
+            self.url,
+            pool_size=self._pool_size,
+            pool_pre_ping=True,  # a restarted server leaves dead pooled connections behind
+            connect_args={"server_settings": {"application_name": "modelyard-spend"}},
+        )
+
+    async def aclose(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    # --- writes ------------------------------------------------------------------------------
+
+    async def insert_many(self, rows: Sequence[SpendRow]) -> None:
+        """Insert a batch in one transaction (one executemany); rows whose request_id exists are skipped."""
+        if not rows:
+            return
+        params = [_params(r) for r in rows]
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(self._insert, params)
+        except (SQLAlchemyError, OSError) as exc:
+            raise SpendStoreError(f"spend insert failed: {exc.__class__.__name__}: {exc}") from exc
+
+    # --- reads -------------------------------------------------------------------------------
+
+    async def count(self) -> int:
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(_t))).scalar_one())
+
+    async def logs(
+        self,
+        key_hash: str | None = None,
+        model: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        *,
+        team: str | None = None,
+    ) -> tuple[list[SpendRow], str | None]:
+        """Newest first; ``since`` inclusive, ``until`` exclusive. ``next_cursor`` is None on the last page."""
+        if not 1 <= limit <= MAX_LOGS_LIMIT:
+            raise InvalidRequestError(f"limit must be 1..{MAX_LOGS_LIMIT}", param="limit")
+        conds = []
+        if key_hash is not None:
+            conds.append(_t.c.key_hash == key_hash)
+        if model is not None:
+            conds.append(_t.c.model == model)
+        if team is not None:
+            conds.append(_t.c.team == team)
+        if since is not None:
+            conds.append(_t.c.ts_us >= to_us(since))
+        if until is not None:
+            conds.append(_t.c.ts_us < to_us(until))
+        if cursor is not None:
+            c_ts, c_rid = decode_cursor(cursor)
+            conds.append(
+                tuple_(_t.c.ts_us, _t.c.request_id)
+                < tuple_(bindparam("c_ts", c_ts, type_=BigInteger), bindparam("c_rid", c_rid, type_=String))
+            )
+        q = select(_t).where(and_(True, *conds)).order_by(_t.c.ts_us.desc(), _t.c.request_id.desc()).limit(limit + 1)
+        try:
+            async with self.engine.connect() as conn:
+                found = (await conn.execute(q)).all()
+        except (SQLAlchemyError, OSError) as exc:
+            raise SpendStoreError(f"spend logs query failed: {exc}") from exc
+        page = found[:limit]
+        nxt = encode_cursor(page[-1].ts_us, page[-1].request_id) if len(found) > limit else None
+        return [_row(m) for m in page], nxt
+
+    async def report(
+        self,
+        since: dt.datetime,
+        until: dt.datetime,
+        group_by: Sequence[str] = ("model",),
+    ) -> list[ReportRow]:
+        """Aggregates per group over ``[since, until)``, ordered by the group keys."""
+        if not group_by:
+            raise InvalidRequestError("group_by must name at least one of " + ", ".join(GROUPS), param="group_by")
+        for g in group_by:
+            if g not in GROUPS:
+                raise InvalidRequestError(f"cannot group by {g!r}: one of " + ", ".join(GROUPS), param="group_by")
+        keys = [GROUPS[g].label(f"g_{i}") for i, g in enumerate(group_by)]
+        errors = func.sum(case((_t.c.status >= 400, 1), else_=0))
+        unpriced = func.sum(case((_t.c.priced.is_(False), 1), else_=0))
+        q = (
+            select(
+                *keys,
+                func.count().label("requests"),
+                errors.label("errors"),
+                func.sum(_t.c.prompt_tokens).label("prompt_tokens"),
+                func.sum(_t.c.completion_tokens).label("completion_tokens"),
+                func.sum(_t.c.cost_nano).label("cost_nano"),
+                unpriced.label("unpriced"),
+            )
+            .where(_t.c.ts_us >= to_us(since), _t.c.ts_us < to_us(until))
+            .group_by(*keys)
+            .order_by(*keys)
+        )
+        try:
+            async with self.engine.connect() as conn:
+                result = (await conn.execute(q)).all()
+        except (SQLAlchemyError, OSError) as exc:
+            raise SpendStoreError(f"spend report query failed: {exc}") from exc
+        out = []
+        for r in result:
+            group: dict[str, Any] = {}
+            for i, g in enumerate(group_by):
+                v = r[i]
+                group[g] = (_EPOCH + dt.timedelta(days=int(v))).date().isoformat() if g == "day" else v
+            requests, errs = int(r.requests), int(r.errors)
+            total = from_nano(int(r.cost_nano))
+            ok = requests - errs
+            out.append(
+                ReportRow(
+                    group=group,
+                    requests=requests,
+                    errors=errs,
+                    error_rate=errs / requests if requests else 0.0,
+                    prompt_tokens=int(r.prompt_tokens),
+                    completion_tokens=int(r.completion_tokens),
+                    cost=total,
+                    cost_per_success=(total / ok).quantize(NANO) if ok else None,
+                    unpriced=int(r.unpriced),
+                )
+            )
+        return out
