@@ -21,7 +21,6 @@ POST /wake_up), median and p95 over --sleep-reps.
 from __future__ import annotations
 
 import argparse
-import http.client
 import importlib.util
 import json
 import os
@@ -33,6 +32,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from engine_http import chat  # noqa: E402
 
 from modelyard.engines import ProcessEngine, preset  # noqa: E402
 from modelyard.engines import procs  # noqa: E402
@@ -49,22 +51,6 @@ def drop_cache(path: str) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
-
-
-def chat(port: int) -> float:
-    body = json.dumps({"model": "smol", "messages": [{"role": "user", "content": "Say hello."}],
-                       "max_tokens": 8, "temperature": 0}).encode()
-    t0 = time.perf_counter()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        data = resp.read()
-    finally:
-        conn.close()
-    if resp.status != 200:
-        raise RuntimeError(f"chat failed: {resp.status} {data[:200]!r}")
-    return time.perf_counter() - t0
 
 
 def baseline(code: str, reps: int = 3) -> float:
@@ -85,8 +71,8 @@ def xllamacpp_runs(reps: int, log_dir: str) -> list[dict[str, float]]:
         try:
             fp = e.load(SMOL, LoadOptions())
             assert e.port is not None
-            first = chat(e.port)
-            nxt = chat(e.port)
+            first = chat(e.port, "smol")
+            nxt = chat(e.port, "smol")
         finally:
             pid = e.pid
             e.unload()

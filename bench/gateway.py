@@ -279,7 +279,7 @@ def print_report(r: dict) -> None:
     print("modelyard gateway benchmark (loopback; mock upstream, gateway and load generator share the CPUs)")
     print(f"machine : nproc={m['nproc']}  cpu={m['cpu_model']}  {m['implementation']} {m['python']}  "
           f"loadavg at start={' '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}")
-    print(f"versions: " + "  ".join(f"{k} {v}" for k, v in m["versions"].items()))
+    print("versions: " + "  ".join(f"{k} {v}" for k, v in m["versions"].items()))
     print(f"gateway : modelyard serve (uvicorn+httptools+uvloop), access log ENABLED → {r['access_log_path']}")
     print(f"body    : {r['body_bytes']} bytes (non-stream), {r['stream_body_bytes']} bytes (stream)")
     print("=" * 100)

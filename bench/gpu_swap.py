@@ -118,7 +118,7 @@ def bench_size(mb: int, dtype: torch.dtype, device: torch.device, reps: int, tmp
     r["raw_pinned_h2d_s"] = timed(lambda: (raw_dev.copy_(raw_host, non_blocking=pin), sync()), reps)
     r["raw_pageable_h2d_s"] = timed(lambda: (raw_dev.copy_(raw_page), sync()), reps)
     r["raw_d2h_pinned_s"] = timed(lambda: (raw_host.copy_(raw_dev, non_blocking=pin), sync()), reps)
-    del raw_dev, raw_page
+    raw_dev = raw_page = None  # free the device buffer before the next measurements
 
     # naive: module.to(device) from pageable memory, and back
     r["naive_to_device_s"] = timed(lambda: (model.to(device), sync()), reps, setup=lambda: model.to("cpu"))

@@ -18,7 +18,6 @@ lent machines so far had no vLLM and could fetch nothing (see docs/design/engine
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import statistics
 import subprocess
@@ -28,25 +27,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from engine_http import chat  # noqa: E402
 
 from modelyard.engines import ProcessEngine, preset  # noqa: E402
 from modelyard.runtime.base import LoadOptions  # noqa: E402
-
-
-def chat(port: int, name: str) -> float:
-    body = json.dumps({"model": name, "messages": [{"role": "user", "content": "Say hello."}],
-                       "max_tokens": 8, "temperature": 0}).encode()
-    t0 = time.perf_counter()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-    try:
-        conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        data = resp.read()
-    finally:
-        conn.close()
-    if resp.status != 200:
-        raise RuntimeError(f"chat failed: {resp.status} {data[:300]!r}")
-    return time.perf_counter() - t0
 
 
 def gpu_used_mib() -> int | None:
