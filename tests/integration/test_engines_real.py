@@ -24,7 +24,8 @@ import pytest
 from modelyard.errors import InvalidRequestError, ModelLoadError, ModelUnavailableError
 from modelyard.runtime.base import LoadOptions
 from modelyard.runtime.batching import DynamicBatcher
-from modelyard.runtime.llamacpp import LlamaCppEngine, kv_cache_bytes, read_gguf_metadata
+from modelyard.runtime.gguf import kv_cache_bytes, read_gguf_metadata
+from modelyard.runtime.llamacpp import LlamaCppEngine
 from modelyard.runtime.sentence import SentenceEngine
 from modelyard.runtime.sklearn_models import (
     MODERATION_CATEGORIES,
