@@ -5,12 +5,40 @@ Until API keys land (issue 5) these routes answer only clients on the loopback i
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+from urllib.parse import parse_qs
+
 from modelyard.api.app import ModelyardApp
 from modelyard.api.http import Request
 from modelyard.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from modelyard.memory.devices import gpu_memory_stats
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _query(req: Request) -> dict[str, str]:
+    return {k: v[-1] for k, v in parse_qs(req.scope.get("query_string", b"").decode("latin-1")).items()}
+
+
+def _time(q: dict[str, str], name: str) -> dt.datetime | None:
+    v = q.get(name)
+    if v is None:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(v)
+    except ValueError:
+        raise InvalidRequestError(f"{name}: expected an ISO 8601 date or time, got {v!r}", param=name) from None
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+def _int(q: dict[str, str], name: str, default: int) -> int:
+    v = q.get(name)
+    if v is None:
+        return default
+    if not v.isdigit():
+        raise InvalidRequestError(f"{name}: expected a positive integer, got {v!r}", param=name)
+    return int(v)
 _ACTIONS = ("load", "demote", "unload", "pin", "unpin")
 
 
@@ -69,5 +97,42 @@ def register(app: ModelyardApp) -> None:
         snap = next((m for m in mm.snapshot() if m["name"] == key), None)
         await req.respond_json(200, {"ok": True, "model": snap})
 
+    def spend_store():  # noqa: ANN202
+        s = app.services
+        assert s is not None
+        if s.spend_store is None:
+            raise NotFoundError("spend tracking is disabled (spend.enabled: false)", code="spend_disabled")
+        return s.spend_store
+
+    async def spend_logs(req: Request) -> None:
+        """GET /spend/logs?key_hash=&model=&team=&since=&until=&limit=&cursor= (newest first)."""
+        req.endpoint = "spend"
+        only_loopback(req)
+        q = _query(req)
+        rows, cursor = await spend_store().logs(
+            key_hash=q.get("key_hash"), model=q.get("model"), team=q.get("team"),
+            since=_time(q, "since"), until=_time(q, "until"), limit=_int(q, "limit", 100), cursor=q.get("cursor"),
+        )
+        await req.respond_json(200, {"object": "list", "data": [r.to_json() for r in rows], "next_cursor": cursor})
+
+    async def spend_report(req: Request) -> None:
+        """GET /spend/report?since=&until=&group_by=model,day (default: the last 30 days by model)."""
+        req.endpoint = "spend"
+        only_loopback(req)
+        q = _query(req)
+        until = _time(q, "until") or dt.datetime.now(dt.UTC)
+        since = _time(q, "since") or until - dt.timedelta(days=30)
+        group_by = tuple(g for g in q.get("group_by", "model").split(",") if g)
+        rows = await spend_store().report(since, until, group_by)
+        data = [
+            {**dataclasses.asdict(r), "cost": str(r.cost),
+             "cost_per_success": None if r.cost_per_success is None else str(r.cost_per_success)}
+            for r in rows
+        ]
+        await req.respond_json(200, {"object": "list", "since": since.isoformat(), "until": until.isoformat(),
+                                     "group_by": list(group_by), "data": data})
+
+    app.route("/spend/logs", "GET", spend_logs)
+    app.route("/spend/report", "GET", spend_report)
     app.route("/admin/models", "GET", list_models)
     app.prefix_route("/admin/models/", "POST", act)

@@ -5,6 +5,7 @@ the one place that turns errors into OpenAI-shaped JSON (no traceback ever reach
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -14,8 +15,11 @@ from modelyard.api.http import Receive, Request, Scope, Send
 from modelyard.api.proxy import Proxy
 from modelyard.backends.httpclient import HTTPPool
 from modelyard.backends.openai import OpenAIBackend
+from modelyard.accounting.pricing import cost as price_of
+from modelyard.accounting.store import SpendRow, SpendStore
+from modelyard.accounting.writer import SpendWriter
 from modelyard.backends.base import Backend
-from modelyard.backends.local_models import LocalModels, build_local_models, has_local
+from modelyard.backends.local_models import LocalModels, build_local_models, data_dir, has_local
 from modelyard.config.schema import Deployment, LocalDeployment, ProcessDeployment, Settings
 from modelyard.memory.manager import MemoryManager
 from modelyard.api.sse import error_event
@@ -42,6 +46,8 @@ class Services:
     access_log: AccessLog
     clock: Clock
     local: LocalModels | None = None
+    spend: SpendWriter | None = None
+    spend_store: SpendStore | None = None
     draining: bool = False
     started_at: float = field(default_factory=time.time)
 
@@ -53,9 +59,24 @@ class Services:
     def local_keys(self) -> dict[str, str]:
         return self.local.keys if self.local is not None else {}
 
+    async def start(self) -> None:
+        self.access_log.start()
+        if self.spend_store is not None and self.spend is not None:
+            try:
+                await self.spend_store.start()  # versioned migrations, under a lock
+            except ModelyardError as exc:  # the writer spools until the database answers
+                log.error("spend store unavailable at start: %s", exc.message)
+            await self.spend.start()
+        if self.memory is not None:
+            await self.memory.start()  # preloads pinned/preload models, starts keep-alive
+
     async def aclose(self) -> None:
         if self.local is not None:
             await self.local.aclose()
+        if self.spend is not None:
+            await self.spend.aclose()  # every accepted row: to the database, or to the spool
+        if self.spend_store is not None:
+            await self.spend_store.aclose()
         await self.pool.aclose()
         await self.access_log.aclose()
 
@@ -72,6 +93,12 @@ def build_services(settings: Settings, *, access_log: AccessLog | None = None, c
         return OpenAIBackend(d.api_base, d.api_key, pool)
 
     router = Router(settings, backend_for, metrics, clock=clock)
+    spend_store = spend = None
+    if settings.spend.enabled:
+        home = data_dir(settings)
+        home.mkdir(parents=True, exist_ok=True)
+        spend_store = SpendStore(settings.spend.database_url or f"sqlite+aiosqlite:///{home / 'spend.db'}")
+        spend = SpendWriter(spend_store, spool_path=home / "spend.spool", flush_interval_s=settings.spend.flush_interval_s)
     return Services(
         settings=settings,
         metrics=metrics,
@@ -81,6 +108,8 @@ def build_services(settings: Settings, *, access_log: AccessLog | None = None, c
         access_log=access_log or AccessLog(enabled=settings.server.access_log),
         clock=clock,
         local=local,
+        spend=spend,
+        spend_store=spend_store,
     )
 
 
@@ -113,9 +142,7 @@ class ModelyardApp:
     async def startup(self) -> Services:
         if self.services is None:
             self.services = build_services(self.settings, access_log=self._access_log, clock=self._clock)
-            self.services.access_log.start()
-            if self.services.memory is not None:
-                await self.services.memory.start()  # preloads pinned/preload models, starts keep-alive
+            await self.services.start()
         return self.services
 
     async def shutdown(self) -> None:
@@ -210,6 +237,17 @@ class ModelyardApp:
         count, latency = m.request_series(model, endpoint, req.status)
         count.inc()
         latency.observe(elapsed)
+        if services.spend is not None and req.model is not None:
+            p, c = req.prompt_tokens or 0, req.completion_tokens or 0
+            cost, priced = price_of(req.price, p, c)
+            services.spend.write(
+                SpendRow(
+                    request_id=req.request_id, ts=dt.datetime.now(dt.UTC), key_hash=None, team=None,
+                    model=req.model, deployment=req.deployment or "", prompt_tokens=p, completion_tokens=c,
+                    cost=cost, priced=priced, latency_ms=round(elapsed * 1000, 3), status=req.status,
+                    fallbacks=req.fallbacks, stream=req.stream,
+                )
+            )
         if services.access_log.enabled:
             services.access_log.write(
                 {

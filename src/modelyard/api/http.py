@@ -33,7 +33,7 @@ class Request:
     __slots__ = (
         "scope", "receive", "send", "method", "path", "request_id", "t0", "model", "endpoint",
         "deployment", "status", "prompt_tokens", "completion_tokens", "started", "finished",
-        "disconnected", "fallbacks", "extra_headers", "watcher",
+        "disconnected", "fallbacks", "extra_headers", "watcher", "price", "stream",
     )
 
     def __init__(self, scope: Scope, receive: Receive, send: Send, t0: float) -> None:
@@ -61,6 +61,8 @@ class Request:
         self.disconnected = False
         self.fallbacks = 0
         self.extra_headers: Headers = []
+        self.price: Any = None  # the answering model's price (spend rows)
+        self.stream = False
         self.watcher: asyncio.Task[None] | None = None
 
     def watch_disconnect(self) -> None:

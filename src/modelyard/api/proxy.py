@@ -64,6 +64,7 @@ class Proxy:
         req.watch_disconnect()
         await group.admission.acquire()
         try:
+            req.stream = stream
             if stream:
                 await self._stream(req, group, path, data, raw)
             else:
@@ -71,9 +72,11 @@ class Proxy:
         finally:
             group.admission.release()
 
-    def _route_headers(self, req: Request, answered: str, hops: int) -> None:
+    def _route_headers(self, req: Request, answered: ModelGroup, hops: int) -> None:
         req.fallbacks = hops
-        req.extra_headers.append((b"x-modelyard-model", answered.encode()))
+        req.price = answered.price
+        answered_name = answered.name
+        req.extra_headers.append((b"x-modelyard-model", answered_name.encode()))
         req.extra_headers.append((b"x-modelyard-fallbacks", str(hops).encode()))
 
     async def _unary(self, req: Request, group: ModelGroup, path: str, body_for: BodyFor) -> None:
@@ -85,7 +88,7 @@ class Proxy:
         routed = await self._router.run(group, op)
         reply = routed.result
         req.deployment = routed.deployment.name
-        self._route_headers(req, routed.group.name, routed.hops)
+        self._route_headers(req, routed.group, routed.hops)
         self._count_usage(req, routed.deployment, _usage_of(reply.body))
         await req.respond(reply.status, reply.body, content_type=reply.content_type)
 
@@ -102,7 +105,7 @@ class Proxy:
         routed = await self._router.run(group, op, hold=True)
         upstream = routed.result
         req.deployment = routed.deployment.name
-        self._route_headers(req, routed.group.name, routed.hops)
+        self._route_headers(req, routed.group, routed.hops)
         relay = SSERelay(strip_usage=not client_wants_usage)
         ok: bool | None = None
         try:

@@ -222,11 +222,21 @@ class MemoryConfig(_Strict):
     data_dir: str | None = None  # artifact store etc.; None: $MODELYARD_HOME or ~/.modelyard
 
 
+class SpendConfig(_Strict):
+    """One spend row per request, written off the request path (batched; spooled when the
+    database is unreachable, replayed when it returns)."""
+
+    enabled: bool = True
+    database_url: str | None = None  # None: SQLite (WAL) at <data_dir>/spend.db; or postgresql+asyncpg://...
+    flush_interval_s: PositiveFloat = 1.0  # also the most a SIGKILL can lose
+
+
 class Settings(_Strict):
     """The whole configuration."""
 
     server: ServerConfig = ServerConfig()
     memory: MemoryConfig = MemoryConfig()
+    spend: SpendConfig = SpendConfig()
     router: RouterConfig = RouterConfig()
     models: list[ModelConfig] = Field(default_factory=list)
 
