@@ -86,13 +86,6 @@ class PermissionDeniedError(ModelyardError):
     code = "permission_denied"
 
 
-class ConflictError(InvalidRequestError):
-    """The request is valid but cannot be carried out in the resource's current state."""
-
-    status = 409
-    code = "conflict"
-
-
 class NotFoundError(InvalidRequestError):
     status = 404
     code = "not_found"

@@ -9,7 +9,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from modelyard.api.http import Receive, Request, Scope, Send
 from modelyard.api.proxy import Proxy
@@ -49,7 +49,6 @@ class Services:
     spend: SpendWriter | None = None
     spend_store: SpendStore | None = None
     draining: bool = False
-    started_at: float = field(default_factory=time.time)
 
     @property
     def memory(self) -> MemoryManager | None:

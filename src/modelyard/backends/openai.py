@@ -59,17 +59,6 @@ class OpenAIBackend:
             raise UpstreamError(f"upstream connection failed: {exc}") from exc
         return UpstreamReply(resp.status, resp.header(b"content-type") or _JSON, data)
 
-    async def get(self, path: str, opts: CallOptions) -> UpstreamReply:
-        try:
-            async with asyncio.timeout(opts.timeout_s):
-                resp = await self._send(b"GET", path, b"", opts, stream=False)
-                data = await resp.read()
-        except TimeoutError as exc:
-            raise UpstreamTimeoutError(f"upstream did not answer within {opts.timeout_s:g}s") from exc
-        except ProtocolError as exc:
-            raise UpstreamError(f"upstream connection failed: {exc}") from exc
-        return UpstreamReply(resp.status, resp.header(b"content-type") or _JSON, data)
-
     async def open_stream(self, path: str, body: bytes, opts: CallOptions) -> "HTTPStream":
         try:
             async with asyncio.timeout(opts.timeout_s):

@@ -261,6 +261,3 @@ class Settings(_Strict):
         if problems:
             raise ValueError("\n".join(problems))
         return self
-
-    def model_names(self) -> list[str]:
-        return [m.name for m in self.models]
