@@ -72,7 +72,7 @@ def test_every_request_leaves_one_spend_row(procs: ProcessPool, shared_mock: Moc
     assert gw.wait(30) == 0, gw.describe()
 
     async def count() -> int:
-        store = SpendStore(f"sqlite+aiosqlite:///{home / 'spend.db'}")
+        store = SpendStore(f"sqlite+aiosqlite:///{home / 'modelyard.db'}")
         await store.start()
         try:
             return await store.count()

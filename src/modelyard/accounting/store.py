@@ -4,7 +4,7 @@ One schema and one code path for both: timestamps are integer microseconds since
 money is integer nano-units, so comparisons, keyset cursors, sums and day buckets are exact and
 portable (no SQLite text datetimes, no float sums). Dialect differences are confined to the
 ``INSERT … ON CONFLICT DO NOTHING`` constructor, the connection setup (SQLite: WAL + busy timeout)
-and the migration lock (see ``migrations``).
+and the migration lock (see ``modelyard.db``).
 
 The store is the I/O boundary (principle 3): the request path never calls it; ``SpendWriter`` does,
 off the request path. Foreign database errors become ``SpendStoreError`` here.
@@ -19,7 +19,6 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -34,19 +33,17 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    event,
     func,
     select,
     tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from modelyard.errors import ConfigError, InvalidRequestError, ModelyardError
+from modelyard.db import Database, DatabaseError
+from modelyard.errors import InvalidRequestError
 
-from . import migrations
 from .pricing import NANO, from_nano, to_nano
 
 UTC = dt.timezone.utc
@@ -56,7 +53,7 @@ DAY_US = 86_400_000_000
 MAX_LOGS_LIMIT = 1000
 
 
-class SpendStoreError(ModelyardError):
+class SpendStoreError(DatabaseError):
     """The spend database failed or is unreachable (the writer spools; admin reads answer 503)."""
 
     status = 503
@@ -200,68 +197,39 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
 
 
 class SpendStore:
-    """``SpendStore("sqlite+aiosqlite:///var/spend.db")`` or ``SpendStore("postgresql+asyncpg://…")``.
+    """Spend rows in modelyard's database: ``SpendStore(Database(url))`` (shared with the key store)
+    or ``SpendStore("sqlite+aiosqlite:///var/spend.db")`` (a database of its own, closed with it).
 
-    Lifecycle: ``await start()`` (engine + migrations), queries, ``await aclose()``.
+    Lifecycle: ``await start()`` (the database's engine + migrations), queries, ``await aclose()``.
     """
 
-    def __init__(self, url: str, *, busy_timeout_ms: int = 5000, pool_size: int = 5) -> None:
-        try:
-            self.url = make_url(url)
-        except ArgumentError as exc:
-            raise ConfigError(f"spend store url: {exc}") from exc
-        self.dialect = self.url.get_backend_name()
-        if self.dialect not in ("sqlite", "postgresql"):
-            raise ConfigError(f"spend store url: unsupported database {self.dialect!r} (sqlite or postgresql)")
-        self._busy_timeout_ms = busy_timeout_ms
-        self._pool_size = pool_size
-        self._engine: AsyncEngine | None = None
-        self.applied: list[int] = []  # migration versions the last start() applied
+    def __init__(self, db: Database | str, *, busy_timeout_ms: int = 5000, pool_size: int = 5) -> None:
+        self._owns_db = isinstance(db, str)
+        self.db = Database(db, busy_timeout_ms=busy_timeout_ms, pool_size=pool_size) if isinstance(db, str) else db
+        self.dialect = self.db.dialect
         insert_ = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
         self._insert = insert_(_t).on_conflict_do_nothing(index_elements=["request_id"])
 
     @property
     def engine(self) -> AsyncEngine:
-        if self._engine is None:
-            raise SpendStoreError("spend store not started")
-        return self._engine
+        try:
+            return self.db.engine
+        except DatabaseError:
+            raise SpendStoreError("spend store not started") from None
+
+    @property
+    def applied(self) -> list[int]:
+        return self.db.applied
 
     async def start(self) -> None:
-        if self._engine is None:
-            self._engine = self._build_engine()
         try:
-            self.applied = await migrations.apply(self._engine)
-        except (SQLAlchemyError, OSError) as exc:
-            raise SpendStoreError(f"spend store migrations failed: {exc}") from exc
-
-    def _build_engine(self) -> AsyncEngine:
-        if self.dialect == "sqlite":
-            db = self.url.database
-            if db and db != ":memory:":
-                Path(db).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_async_engine(self.url, pool_size=self._pool_size)
-            busy = int(self._busy_timeout_ms)
-
-            @event.listens_for(engine.sync_engine, "connect")
-            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-                cur = dbapi_conn.cursor()
-                cur.execute(f"PRAGMA busy_timeout = {busy}")  # first: WAL itself may need the lock
-                cur.execute("PRAGMA journal_mode = WAL")  # readers never block the writer
-                cur.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe with WAL
-                cur.close()
-
-            return engine
-        return create_async_engine(
-            self.url,
-            pool_size=self._pool_size,
-            pool_pre_ping=True,  # a restarted server leaves dead pooled connections behind
-            connect_args={"server_settings": {"application_name": "modelyard-spend"}},
-        )
+            await self.db.start()
+        except DatabaseError as exc:
+            raise SpendStoreError(exc.message) from exc
 
     async def aclose(self) -> None:
-        if self._engine is not None:
-            await self._engine.dispose()
-            self._engine = None
+        if self._owns_db:
+            await self.db.aclose()
 
     # --- writes ------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from modelyard.accounting.store import SpendRow, SpendStore
 from modelyard.accounting.writer import SpendWriter
 from modelyard.backends.base import Backend
 from modelyard.backends.local_models import LocalModels, build_local_models, data_dir, has_local
+from modelyard.db import Database, sqlite_url
 from modelyard.config.schema import Deployment, LocalDeployment, ProcessDeployment, Settings
 from modelyard.memory.manager import MemoryManager
 from modelyard.api.sse import error_event
@@ -75,7 +76,7 @@ class Services:
         if self.spend is not None:
             await self.spend.aclose()  # every accepted row: to the database, or to the spool
         if self.spend_store is not None:
-            await self.spend_store.aclose()
+            await self.spend_store.db.aclose()
         await self.pool.aclose()
         await self.access_log.aclose()
 
@@ -96,7 +97,8 @@ def build_services(settings: Settings, *, access_log: AccessLog | None = None, c
     if settings.spend.enabled:
         home = data_dir(settings)
         home.mkdir(parents=True, exist_ok=True)
-        spend_store = SpendStore(settings.spend.database_url or f"sqlite+aiosqlite:///{home / 'spend.db'}")
+        db = Database(settings.database.url or sqlite_url(home / "modelyard.db"))
+        spend_store = SpendStore(db)
         spend = SpendWriter(spend_store, spool_path=home / "spend.spool", flush_interval_s=settings.spend.flush_interval_s)
     return Services(
         settings=settings,

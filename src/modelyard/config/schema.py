@@ -67,7 +67,7 @@ class _DeploymentBase(_Strict):
     weight: PositiveFloat = 1.0
     timeout_s: PositiveFloat | None = None  # None → router.timeout_s
     max_concurrency: Annotated[int, Field(ge=1)] | None = None  # None → uncapped
-    rpm: Annotated[int, Field(ge=1)] | None = None  # recorded; enforced by issue 5's limiter
+    rpm: Annotated[int, Field(ge=1)] | None = None  # at its limit the router skips this deployment
     tpm: Annotated[int, Field(ge=1)] | None = None
     name: str | None = None  # label in metrics/logs; default "<public model>/<index>"
 
@@ -195,6 +195,8 @@ class ModelConfig(_Strict):
     queue: QueueConfig | None = None
     price: Price | None = None
     owned_by: str = "modelyard"
+    rpm: Annotated[int, Field(ge=1)] | None = None  # requests per minute for the model, all keys together
+    tpm: Annotated[int, Field(ge=1)] | None = None  # tokens per minute (estimate at admission, settled with usage)
 
 
 class RouterConfig(_Strict):
@@ -222,13 +224,40 @@ class MemoryConfig(_Strict):
     data_dir: str | None = None  # artifact store etc.; None: $MODELYARD_HOME or ~/.modelyard
 
 
+class DatabaseConfig(_Strict):
+    """The database of virtual keys and spend rows."""
+
+    url: str | None = None  # None: SQLite (WAL) at <data_dir>/modelyard.db; or postgresql+asyncpg://user@host/db
+
+
 class SpendConfig(_Strict):
     """One spend row per request, written off the request path (batched; spooled when the
     database is unreachable, replayed when it returns)."""
 
     enabled: bool = True
-    database_url: str | None = None  # None: SQLite (WAL) at <data_dir>/spend.db; or postgresql+asyncpg://...
     flush_interval_s: PositiveFloat = 1.0  # also the most a SIGKILL can lose
+
+
+class AuthConfig(_Strict):
+    """API keys. With a master key (here or in $MODELYARD_MASTER_KEY) every /v1/* request needs
+    ``Authorization: Bearer <key>`` (the master key or a virtual key made with it)."""
+
+    master_key: str | None = Field(default=None, min_length=8)
+    # Serve on a non-loopback address without any key (refused unless set: anyone could use it).
+    allow_unauthenticated: bool = False
+    # How often keys created or revoked by another replica (or the CLI) are picked up.
+    refresh_interval_s: PositiveFloat = 2.0
+
+
+class LimitsConfig(_Strict):
+    """Rate-limit and budget counters: in this process (default) or in Redis, shared by replicas."""
+
+    redis_url: str | None = None  # redis://[:password@]host:port/db
+    redis_prefix: str = "modelyard:"
+    # Redis unreachable: admit without limits (True, logged and counted) or answer 503 (False).
+    fail_open: bool = True
+    # Tokens charged for a request that gives no max_tokens, until its real usage settles it.
+    default_completion_tokens: Annotated[int, Field(ge=0)] = 256
 
 
 class Settings(_Strict):
@@ -236,7 +265,10 @@ class Settings(_Strict):
 
     server: ServerConfig = ServerConfig()
     memory: MemoryConfig = MemoryConfig()
+    database: DatabaseConfig = DatabaseConfig()
     spend: SpendConfig = SpendConfig()
+    auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
     router: RouterConfig = RouterConfig()
     models: list[ModelConfig] = Field(default_factory=list)
 

@@ -1,6 +1,6 @@
-"""Versioned schema migrations of the spend store, applied by ``SpendStore.start()``.
+"""Versioned schema migrations of modelyard's database (spend rows, virtual keys), applied by ``Database.start()``.
 
-A deliberately small runner instead of Alembic's env.py/script tree: the store owns one table, the
+A deliberately small runner instead of Alembic's env.py/script tree: the database holds a few tables, the
 migrations must run inside the server's start (async engine, no CLI), and they must be safe when
 two processes start at once. Each ``vNNNN_*.py`` module has ``NAME`` and ``upgrade(conn)`` (a sync
 SQLAlchemy ``Connection``, run through ``run_sync``; portable Core DDL, so one file serves SQLite
