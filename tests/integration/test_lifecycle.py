@@ -346,12 +346,12 @@ LITELLM_CONFIG = {
         "routing_strategy": "simple-shuffle",
         "num_retries": 1,
         "timeout": 5,
-        "redis_host": "localhost",
+        "enable_pre_call_checks": True,
         "fallbacks": [{"gpt-lite": ["gpt-lite-backup"]}],
         "model_group_alias": {"lite": "gpt-lite"},
     },
     "litellm_settings": {"drop_params": True, "success_callback": ["langfuse"]},
-    "general_settings": {"master_key": "sk-litellm-master-1234"},
+    "general_settings": {"master_key": "sk-litellm-master-1234", "alerting": ["slack"]},  # master_key → auth
 }
 
 
@@ -359,7 +359,7 @@ def test_litellm_config_served_unchanged(gateway, mock: MockUpstream, tmp_path: 
     key = "sk-lite-upstream-77"
     env = {"LITE_MOCK_BASE": mock.url, "LITE_MOCK_KEY": key}
     gw = gateway(LITELLM_CONFIG, env=env)
-    c = gw.client()
+    c = gw.client(api_key="sk-litellm-master-1234")
     raw = c.chat.completions.with_raw_response.create(model="gpt-lite", messages=MSG)
     assert raw.parse().choices[0].message.content == REPLY
     assert raw.headers["x-modelyard-model"] == "gpt-lite"
@@ -376,14 +376,15 @@ def test_litellm_config_served_unchanged(gateway, mock: MockUpstream, tmp_path: 
     assert gw.metric("modelyard_fallbacks_total", model="gpt-lite", to_model="gpt-lite-backup") == 1
     stderr = gw.stderr_text()
     for path in (
-        "router_settings.redis_host",
+        "router_settings.enable_pre_call_checks",
         "litellm_settings.drop_params",
         "litellm_settings.success_callback",
-        "general_settings.master_key",
+        "general_settings.alerting",
         "model_list[0].litellm_params.drop_params",
         "model_list[2]",
     ):
         assert any(line.startswith("warning:") and path in line for line in stderr.splitlines()), (path, stderr)
+    assert "general_settings.master_key" not in stderr  # honoured (auth.master_key), so not warned about
     assert "sk-litellm-master-1234" not in stderr
     assert key not in stderr
     # modelyard validate agrees with what serve did

@@ -159,6 +159,16 @@ def test_costs_become_price_per_1k() -> None:
     assert s.models[0].price is not None and s.models[0].price.input_per_1k == 0.001
 
 
+@pytest.mark.parametrize("where", ["litellm_params", "model_info"])
+def test_both_costs_from_either_place(where: str) -> None:
+    costs = {"input_cost_per_token": "os.environ/IN_COST", "output_cost_per_token": 6e-07}
+    e = entry("m", "openai/x", **costs) if where == "litellm_params" else entry("m", "openai/x", model_info=costs)
+    s, warnings = load({"model_list": [e]}, {"IN_COST": "1.5e-7"})
+    assert s.models[0].price is not None
+    assert (s.models[0].price.input_per_1k, s.models[0].price.output_per_1k) == (0.00015, 0.0006)
+    assert warnings == []
+
+
 def test_differing_costs_keep_the_first_with_a_warning() -> None:
     data = {
         "model_list": [
@@ -303,8 +313,8 @@ def test_every_unsupported_key_warns_exactly_once() -> None:
     data = {
         "model_list": [entry("m", "openai/x")],
         "router_settings": {
-            "redis_host": "os.environ/REDIS_HOST",
-            "redis_port": 6379,
+            "redis_db": "os.environ/REDIS_DB",
+            "enable_pre_call_checks": True,
             "context_window_fallbacks": [{"m": ["m"]}],
         },
         "litellm_settings": {
@@ -313,21 +323,21 @@ def test_every_unsupported_key_warns_exactly_once() -> None:
             "content_policy_fallbacks": [],
             "default_fallbacks": ["m"],
         },
-        "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY", "database_url": "os.environ/DATABASE_URL"},
+        "general_settings": {"alerting": ["slack"], "store_model_in_db": "os.environ/STORE_IN_DB"},
         "include": ["other.yaml"],
     }
     _, warnings = load(data)  # the unset variables behind ignored keys are not errors
     assert sorted(warnings) == sorted(
         [
-            "router_settings.redis_host: " + IGNORED,
-            "router_settings.redis_port: " + IGNORED,
+            "router_settings.redis_db: " + IGNORED,
+            "router_settings.enable_pre_call_checks: " + IGNORED,
             "router_settings.context_window_fallbacks: not supported by modelyard (only plain fallbacks are); ignored",
             "litellm_settings.success_callback: " + IGNORED,
             "litellm_settings.drop_params: " + IGNORED,
             "litellm_settings.content_policy_fallbacks: not supported by modelyard (only plain fallbacks are); ignored",
             "litellm_settings.default_fallbacks: not supported by modelyard (only plain fallbacks are); ignored",
-            "general_settings.master_key: " + IGNORED,
-            "general_settings.database_url: " + IGNORED,
+            "general_settings.alerting: " + IGNORED,
+            "general_settings.store_model_in_db: " + IGNORED,
             "include: " + IGNORED,
         ]
     )
@@ -415,3 +425,144 @@ def test_translate_is_pure_without_environ() -> None:
 )
 def test_structural_errors(data: dict[str, Any], line: str) -> None:
     assert error(data) == f"config.yaml: {line}"
+
+
+# --- general_settings and Redis ---------------------------------------------------------------
+
+PG = "postgresql://litellm:" + SECRET + "@db.internal:5432/litellm"
+
+
+def settings_of(general: dict[str, Any] | None = None, router: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> tuple[Settings, list[str]]:
+    data: dict[str, Any] = {"model_list": [entry("m", "openai/x")]}
+    if general is not None:
+        data["general_settings"] = general
+    if router is not None:
+        data["router_settings"] = router
+    return load(data, env)
+
+
+def test_master_key_and_database_url_are_honoured() -> None:
+    general = {"master_key": "os.environ/LITELLM_MASTER_KEY", "database_url": "os.environ/DATABASE_URL", "alerting": ["slack"]}
+    s, warnings = settings_of(general, env={"LITELLM_MASTER_KEY": SECRET, "DATABASE_URL": PG})
+    assert s.auth.master_key == SECRET
+    assert s.database.url == "postgresql+asyncpg://litellm:" + SECRET + "@db.internal:5432/litellm"
+    assert warnings == ["general_settings.alerting: " + IGNORED]
+    s, warnings = settings_of({"master_key": "sk-literal-key", "database_url": None})
+    assert (s.auth.master_key, s.database.url, warnings) == ("sk-literal-key", None, [])
+
+
+@pytest.mark.parametrize(
+    ("url", "native"),
+    [
+        ("postgresql://u:pw@h:5432/db", "postgresql+asyncpg://u:pw@h:5432/db"),
+        ("postgres://u:pw@h/db", "postgresql+asyncpg://u:pw@h/db"),
+        ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg://u@h/db"),
+        ("PostgreSQL://u@h/db", "postgresql+asyncpg://u@h/db"),
+        ("postgresql://u:p%40ss@h/db?sslmode=require", "postgresql+asyncpg://u:p%40ss@h/db?ssl=require"),
+    ],
+)
+def test_database_url_scheme_is_rewritten_for_asyncpg(url: str, native: str) -> None:
+    s, warnings = settings_of({"database_url": url})
+    assert (s.database.url, warnings) == (native, [])
+
+
+def test_database_url_prisma_parameters_are_dropped_with_a_warning() -> None:
+    s, warnings = settings_of({"database_url": PG + "?schema=public&sslmode=require&connection_limit=5"})
+    assert s.database.url == "postgresql+asyncpg://litellm:" + SECRET + "@db.internal:5432/litellm?ssl=require"
+    assert warnings == [
+        "general_settings.database_url: URL parameter 'schema' is not used by modelyard's PostgreSQL driver; dropped",
+        "general_settings.database_url: URL parameter 'connection_limit' is not used by modelyard's PostgreSQL driver; dropped",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "line"),
+    [
+        (PG.replace("postgresql://", "postgresql+psycopg2://"), "driver 'psycopg2' is not supported (modelyard uses asyncpg: write postgresql://...)"),
+        (PG.replace("postgresql://", "mysql://"), "unsupported database 'mysql' (expected postgresql://...)"),
+        (SECRET, "expected a PostgreSQL URL (postgresql://user:password@host:5432/db)"),
+        (5432, "expected a PostgreSQL URL (postgresql://user:password@host:5432/db)"),
+    ],
+)
+def test_bad_database_url_is_an_error_naming_the_key_never_the_url(url: Any, line: str) -> None:
+    msg = error({"model_list": [], "general_settings": {"database_url": url}})
+    assert msg == "config.yaml: general_settings.database_url: " + line
+    assert SECRET not in msg
+
+
+def test_short_master_key_error_names_the_litellm_key_not_the_value() -> None:
+    msg = error({"model_list": [], "general_settings": {"master_key": "sk-1234"}})
+    assert msg.startswith("config.yaml: general_settings.master_key: ") and "8 characters" in msg
+    assert "sk-1234" not in msg
+
+
+def test_used_general_settings_need_their_variables() -> None:
+    msg = error({"model_list": [], "general_settings": {"master_key": "os.environ/MK", "database_url": "os.environ/DB"}})
+    assert msg == (
+        "config.yaml: 2 problems\n"
+        "  general_settings.master_key: environment variable 'MK' is not set\n"
+        "  general_settings.database_url: environment variable 'DB' is not set"
+    )
+    assert error({"model_list": [], "general_settings": ["master_key"]}) == "config.yaml: general_settings: expected a mapping"
+
+
+@pytest.mark.parametrize(
+    ("router", "env", "url"),
+    [
+        ({"redis_host": "redis.internal", "redis_port": 6380, "redis_password": "p@ss/w:rd"}, {}, "redis://:p%40ss%2Fw%3Ard@redis.internal:6380/0"),
+        ({"redis_host": "redis.internal"}, {}, "redis://redis.internal:6379/0"),
+        ({"redis_host": "10.0.0.5", "redis_port": "6390", "redis_password": ""}, {}, "redis://10.0.0.5:6390/0"),
+        ({"redis_host": "::1"}, {}, "redis://[::1]:6379/0"),
+        (  # LiteLLM's redis client fills the parts router_settings leaves out from REDIS_*
+            {"redis_host": "os.environ/RH"},
+            {"RH": "cache", "REDIS_PORT": "7000", "REDIS_PASSWORD": "pw"},
+            "redis://:pw@cache:7000/0",
+        ),
+        ({"redis_password": "os.environ/RP"}, {"RP": "pw", "REDIS_HOST": "envhost"}, "redis://:pw@envhost:6379/0"),
+        ({"redis_url": "rediss://:pw@cache:6380/2"}, {}, "rediss://:pw@cache:6380/2"),
+        ({"redis_url": "os.environ/REDIS_URL"}, {"REDIS_URL": "redis://cache:6379/1"}, "redis://cache:6379/1"),
+        ({}, {"REDIS_HOST": "envhost", "REDIS_PORT": "6379"}, None),  # the variables alone do not turn Redis on
+    ],
+)
+def test_redis_settings_become_limits_redis_url(router: dict[str, Any], env: dict[str, str], url: str | None) -> None:
+    s, warnings = settings_of(router=router, env=env)
+    assert (s.limits.redis_url, warnings) == (url, [])
+
+
+def test_redis_url_overrides_the_parts_with_a_warning_each() -> None:
+    router = {"redis_url": "redis://cache:6379/0", "redis_host": "other", "redis_password": SECRET}
+    s, warnings = settings_of(router=router)
+    assert s.limits.redis_url == "redis://cache:6379/0"
+    assert warnings == [
+        "router_settings.redis_host: overridden by router_settings.redis_url; ignored",
+        "router_settings.redis_password: overridden by router_settings.redis_url; ignored",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("router", "env", "line"),
+    [
+        ({"redis_url": f"http://:{SECRET}@cache"}, {}, "router_settings.redis_url: expected a redis://, rediss:// or unix:// URL"),
+        ({"redis_host": "cache", "redis_port": "port", "redis_password": SECRET}, {}, "router_settings.redis_port: expected a port number (1-65535)"),
+        ({"redis_host": "cache", "redis_port": 70000}, {}, "router_settings.redis_port: expected a port number (1-65535)"),
+        ({"redis_host": "cache"}, {"REDIS_PORT": "x"}, "router_settings.redis_port (from $REDIS_PORT): expected a port number (1-65535)"),
+        ({"redis_host": f"{SECRET}@cache/0"}, {}, "router_settings.redis_host: expected a host name or IP address"),
+        ({"redis_password": SECRET}, {}, "router_settings.redis_host: required with redis_port/redis_password (or set REDIS_HOST)"),
+        ({"redis_host": "os.environ/RH"}, {}, "router_settings.redis_host: environment variable 'RH' is not set"),
+    ],
+)
+def test_bad_redis_settings_are_errors_without_secrets(router: dict[str, Any], env: dict[str, str], line: str) -> None:
+    msg = error({"model_list": [], "router_settings": router}, env)
+    assert msg == "config.yaml: " + line
+    assert SECRET not in msg
+
+
+def test_pure_translation_passes_references_through() -> None:
+    data = {
+        "model_list": [],
+        "general_settings": {"master_key": "os.environ/MK", "database_url": "os.environ/DB"},
+        "router_settings": {"redis_host": "os.environ/RH"},
+    }
+    native, warnings = translate(data, "config.yaml")
+    assert native == {"models": [], "auth": {"master_key": "os.environ/MK"}, "database": {"url": "os.environ/DB"}}
+    assert warnings == ["router_settings.redis_host: os.environ/ references need an environment; not composed"]

@@ -372,8 +372,17 @@ def test_display_path_falls_back_to_the_nearest_origin() -> None:
     assert _display_path("server.port", origins) == _display_path("server.port", None) == "server.port"
 
 
+LITELLM_EXAMPLE_ENV = {
+    "OPENAI_API_KEY": "sk-openai",
+    "LITELLM_MASTER_KEY": "sk-master-0123",
+    "DATABASE_URL": "postgresql://litellm:pw@db.internal:5432/litellm",
+    "REDIS_HOST": "redis.internal",
+    "REDIS_PASSWORD": "redis-pw",
+}
+
+
 def test_litellm_example_loads() -> None:
-    result = load_settings(ROOT / "examples" / "litellm_config.yaml", environ={"OPENAI_API_KEY": "sk-openai"})
+    result = load_settings(ROOT / "examples" / "litellm_config.yaml", environ=LITELLM_EXAMPLE_ENV)
     assert result.source_format == "litellm"
     s = result.settings
     assert [m.name for m in s.models] == ["gpt-4o", "llama-3.1-8b"]
@@ -383,9 +392,18 @@ def test_litellm_example_loads() -> None:
     assert (gpt.aliases, gpt.fallbacks, llama.fallbacks) == (["gpt-4"], ["llama-3.1-8b"], [])
     assert [d.max_concurrency for d in llama.deployments] == [8, 8]
     assert (s.router.retry.num_retries, s.router.timeout_s, s.router.breaker.cooldown_s) == (3, 300.0, 60.0)
-    assert len(result.warnings) == len(set(result.warnings)) == 12
-    assert not any("sk-" in w for w in result.warnings)
-    with pytest.raises(
-        ConfigError, match=r"model_list\[0\]\.litellm_params\.api_key: environment variable 'OPENAI_API_KEY'"
-    ):
+    assert s.auth.master_key == "sk-master-0123"
+    assert s.database.url == "postgresql+asyncpg://litellm:pw@db.internal:5432/litellm"
+    assert s.limits.redis_url == "redis://:redis-pw@redis.internal:6379/0"
+    assert len(result.warnings) == len(set(result.warnings)) == 10
+    assert not any("sk-" in w or "pw" in w for w in result.warnings)
+    with pytest.raises(ConfigError) as info:
         load_settings(ROOT / "examples" / "litellm_config.yaml", environ={})
+    assert "model_list[0].litellm_params.api_key: environment variable 'OPENAI_API_KEY' is not set" in str(info.value)
+    for path, name in [
+        ("general_settings.master_key", "LITELLM_MASTER_KEY"),
+        ("general_settings.database_url", "DATABASE_URL"),
+        ("router_settings.redis_host", "REDIS_HOST"),
+        ("router_settings.redis_password", "REDIS_PASSWORD"),
+    ]:
+        assert f"{path}: environment variable {name!r} is not set" in str(info.value)

@@ -7,11 +7,19 @@ fallback chain without being told finds out during an outage. Only providers tha
 HTTP API can be served (modelyard forwards requests, it does not translate protocols); other
 deployments are skipped with a warning. Structurally broken input is an error, as in LiteLLM.
 
+Besides the models and the router, three deployment settings carry over: ``general_settings.master_key``
+(→ ``auth.master_key``), ``general_settings.database_url`` (→ ``database.url``, rewritten for the
+asyncpg driver) and ``router_settings.redis_*`` (→ ``limits.redis_url``). Their values are secrets:
+messages about them name the key, never the value.
+
 ``translate`` is pure. Given ``environ`` it resolves ``os.environ/NAME`` in the values it uses
-(never in ignored keys: an unset variable behind an ignored ``general_settings.database_url`` is
-not an error), honours ``environment_variables:`` (the real environment wins over the file) and,
+(never in ignored keys: an unset variable behind an ignored ``general_settings.alerting`` is not
+an error), honours ``environment_variables:`` (the real environment wins over the file) and,
 like LiteLLM, falls back to provider variables such as ``OPENAI_API_KEY`` when ``api_key`` is
-absent.
+absent (and to ``REDIS_PORT``/``REDIS_PASSWORD``/``REDIS_HOST`` for the parts of a Redis address
+that ``router_settings`` leaves out). Without ``environ``, references stay as they are: a
+``database_url`` or ``redis_url`` reference is passed through unconverted, and a Redis address
+whose parts are references is not composed (with a warning).
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Any
 
-from modelyard.config.loader import config_error, interpolate, join_path
+from modelyard.config.litellm_urls import asyncpg_url, is_redis_url, redis_address
+from modelyard.config.loader import ENV_PREFIX, config_error, interpolate, join_path
 
 __all__ = ["OPENAI_COMPATIBLE", "Provider", "Translation", "split_provider", "translate", "translate_full"]
 
@@ -86,7 +95,10 @@ _SCALARS: Mapping[str, Mapping[str, tuple[str, ...]]] = MappingProxyType(
 _HANDLED: Mapping[str, frozenset[str]] = MappingProxyType(
     {
         "litellm_settings": frozenset({"fallbacks", *_LS}),
-        "router_settings": frozenset({"fallbacks", "routing_strategy", "model_group_alias", *_RS, "retry_after"}),
+        "router_settings": frozenset(
+            {"fallbacks", "routing_strategy", "model_group_alias", *_RS, "retry_after", "redis_url", "redis_host",
+             "redis_port", "redis_password"}
+        ),
     }
 )
 # litellm_params key → native deployment field.
@@ -100,6 +112,11 @@ _PARAMS_HANDLED = frozenset(
     {"model", "api_base", "base_url", "api_key", "custom_llm_provider", *_DEPLOYMENT_FIELDS, *_COSTS}
 )
 _DEFAULT_BACKOFF_MAX_S = 2.0  # schema.RetryConfig.backoff_max_s
+# general_settings key → native path (the other general_settings keys are warned about).
+_GENERAL: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {"master_key": ("auth", "master_key"), "database_url": ("database", "url")}
+)
+_REDIS_PARTS = ("redis_host", "redis_port", "redis_password")  # router_settings keys; env REDIS_HOST, ...
 
 
 @dataclass(frozen=True)
@@ -166,7 +183,8 @@ class _Translator:
         self.models: dict[str, _Model] = {}
         self.aliases: dict[str, str] = {}  # alias → model name
         self.dropped: set[str] = set()  # model names whose every deployment was skipped
-        self.router: dict[tuple[str, ...], tuple[Any, str]] = {}  # native path → (value, origin)
+        self.router: dict[tuple[str, ...], tuple[Any, str]] = {}  # path under router → (value, origin)
+        self.top: dict[tuple[str, ...], tuple[Any, str]] = {}  # other native paths → (value, origin)
 
     def warn(self, path: str, text: str) -> None:
         self.warnings.append(f"{path}: {text}")
@@ -174,6 +192,11 @@ class _Translator:
     def value(self, value: Any, path: str) -> Any:
         """Resolve ``os.environ/NAME`` in a value that is actually used (only when environ is given)."""
         return value if self.env is None else interpolate(value, path, self.env, self.errors)
+
+    @staticmethod
+    def reference(value: Any) -> bool:
+        """Still ``os.environ/NAME``: no environment was given (pure), or the variable is unset (reported)."""
+        return isinstance(value, str) and value.startswith(ENV_PREFIX)
 
     def mapping(self, value: Any, path: str, expected: str = "a mapping") -> Mapping[Any, Any] | None:
         if value is not None and not isinstance(value, Mapping):
@@ -185,11 +208,9 @@ class _Translator:
         self.model_list(data.get("model_list"))
         sections = {name: self.mapping(data.get(name), name) or {} for name in _SCALARS}
         self.settings(sections)
+        self.general(self.mapping(data.get("general_settings"), "general_settings") or {})
         for key, value in data.items():
-            if key == "general_settings" and isinstance(value, Mapping):
-                for sub in value:
-                    self.warn(join_path(key, sub), IGNORED)
-            elif key not in ("model_list", "environment_variables", *_SCALARS) and value is not None:
+            if key not in ("model_list", "environment_variables", "general_settings", *_SCALARS) and value is not None:
                 self.warn(str(key), IGNORED)
         if self.errors:
             raise config_error(self.source, self.errors)
@@ -364,6 +385,7 @@ class _Translator:
             self.router[("retry", "backoff_max_s")] = (minimum, origin)  # else the cap would undo the minimum wait
         if rs.get("routing_strategy") is not None:
             self.strategy(self.value(rs["routing_strategy"], "router_settings.routing_strategy"))
+        self.redis(rs)
         if rs.get("model_group_alias") is not None:
             self.model_group_alias(rs["model_group_alias"], "router_settings.model_group_alias")
         for name, sec in sections.items():
@@ -445,6 +467,52 @@ class _Translator:
                         elif resolved not in self.models[model].fallbacks:
                             self.models[model].fallbacks.append(resolved)
 
+    # --- general_settings and Redis ------------------------------------------------------------
+
+    def general(self, section: Mapping[Any, Any]) -> None:
+        """``master_key`` → ``auth.master_key``, ``database_url`` → ``database.url``; the rest is warned about."""
+        for key, value in section.items():
+            path = join_path("general_settings", key)
+            if key not in _GENERAL:
+                self.warn(path, IGNORED)
+            elif value is not None:
+                value = self.value(value, path)
+                if key == "database_url" and not self.reference(value):
+                    value = asyncpg_url(value, path, self.errors, self.warnings)
+                if value is not None:
+                    self.top[_GENERAL[key]] = (value, path)
+
+    def redis(self, rs: Mapping[Any, Any]) -> None:
+        """``redis_url``, or ``redis_host``/``redis_port``/``redis_password`` → ``limits.redis_url``."""
+        if rs.get("redis_url") is not None:
+            path = "router_settings.redis_url"
+            for key in _REDIS_PARTS:
+                if rs.get(key) is not None:
+                    self.warn(f"router_settings.{key}", "overridden by router_settings.redis_url; ignored")
+            url = self.value(rs["redis_url"], path)
+            if self.reference(url) or is_redis_url(url):
+                self.top[("limits", "redis_url")] = (url, path)
+            else:
+                self.errors.append(f"{path}: expected a redis://, rediss:// or unix:// URL")
+            return
+        given = [k for k in _REDIS_PARTS if rs.get(k) is not None]
+        if not given:
+            return
+        parts: dict[str, tuple[Any, str]] = {}
+        for key in _REDIS_PARTS:
+            path, env_name = f"router_settings.{key}", key.upper()
+            if key in given:
+                parts[key] = (self.value(rs[key], path), path)
+            elif (found := self.from_env((env_name,))) is not None:
+                parts[key] = (found, f"{path} (from ${env_name})")
+        if any(self.reference(v) for v, _ in parts.values()):
+            if self.env is None:
+                self.warn(f"router_settings.{given[0]}", "os.environ/ references need an environment; not composed")
+            return
+        url = redis_address(parts, self.errors)
+        if url is not None:
+            self.top[("limits", "redis_url")] = (url, "router_settings." + given[0])
+
     # --- output -------------------------------------------------------------------------------
 
     def finish(self) -> Translation:
@@ -472,4 +540,7 @@ class _Translator:
                 node = node.setdefault(part, {})
             node[target[-1]] = value
             origins["router." + ".".join(target)] = origin
+        for target, (value, origin) in self.top.items():
+            native.setdefault(target[0], {})[target[1]] = value
+            origins[".".join(target)] = origin
         return Translation(native, self.warnings, origins)
