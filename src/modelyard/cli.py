@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from modelyard.accounting.cli import spend as spend_group
+from modelyard.auth.cli import keys as keys_group
 from modelyard.config.loader import LoadResult, load_settings
 from modelyard.errors import ConfigError
 from modelyard.registry.cli import models as models_group
@@ -118,6 +119,7 @@ def validate(config_path: str) -> None:
 
 
 main.add_command(models_group)
+main.add_command(keys_group)
 main.add_command(spend_group)
 
 

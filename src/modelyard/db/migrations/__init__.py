@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import text
 
-from . import v0001_spend_rows
+from . import v0001_spend_rows, v0002_virtual_keys
 
 # A fixed 64-bit key for pg_advisory_xact_lock: "modelyard spend migrations".
 ADVISORY_LOCK_KEY = 0x6D79_5370_656E_6431
@@ -36,7 +36,10 @@ class Migration(NamedTuple):
     upgrade: Callable[[Connection], None]
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, v0001_spend_rows.NAME, v0001_spend_rows.upgrade),)
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, v0001_spend_rows.NAME, v0001_spend_rows.upgrade),
+    Migration(2, v0002_virtual_keys.NAME, v0002_virtual_keys.upgrade),
+)
 
 _md = MetaData()
 _versions = Table(
