@@ -213,7 +213,24 @@ def run_loadgen(spec: dict, timeout: float, on_mark: Callable[[str], None] | Non
                 f.close()
 
 
-def throughput_phase(url: str, model: str, args: argparse.Namespace, pids: dict[str, int]) -> dict:
+BENCH_MASTER = "sk-bench-master-key"
+
+
+def make_virtual_key(gw_url: str) -> str:
+    """A virtual key with (never reached) rpm/tpm limits, made through /key/generate."""
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"{gw_url}/key/generate",
+        data=json.dumps({"rpm_limit": 10**9, "tpm_limit": 10**12, "key_alias": "bench"}).encode(),
+        headers={"authorization": f"Bearer {BENCH_MASTER}", "content-type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return "Bearer " + json.loads(resp.read())["key"]
+
+
+def throughput_phase(url: str, model: str, args: argparse.Namespace, pids: dict[str, int], authorization: str | None = None) -> dict:
     """One c=N throughput run; CPU of each pid in ``pids`` is read at the window's marks."""
     marks: dict[str, dict[str, float]] = {}
 
@@ -225,6 +242,7 @@ def throughput_phase(url: str, model: str, args: argparse.Namespace, pids: dict[
     spec = {
         "mode": "throughput", "url": url, "path": PATH, "body": chat_body(model),
         "concurrency": args.concurrency, "duration": args.duration, "warmup_s": args.warmup_s,
+        "authorization": authorization,
     }
     res = run_loadgen(spec, timeout=args.duration + args.warmup_s + 60, on_mark=on_mark)
     if "start" in marks and "end" in marks:
@@ -382,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gateway-log", default=None,
                     help="where the gateway's stderr (access log) goes: a file path, or 'devnull' (default: a temp file)")
     ap.add_argument("--json", action="store_true", help="also print the results as one JSON object")
+    ap.add_argument("--auth", action="store_true",
+                    help="a master key, and 'through' requests sent with a virtual key that has rpm/tpm limits "
+                         "(and the model an rpm/tpm of its own): authentication and the limiter on every request")
     args = ap.parse_args(argv)
     if args.requests < 1 or args.duration <= 0 or args.concurrency < 1 or args.warmup < 0:
         ap.error("--requests, --duration and --concurrency must be positive")
@@ -395,11 +416,14 @@ def main(argv: list[str] | None = None) -> int:
         mock_url = mock.wait_for(r"MOCK_LISTENING (http://\S+)", 30).group(1)
 
         config = workdir / "bench.yaml"
+        limits = "    rpm: 1000000000\n    tpm: 1000000000000\n" if args.auth else ""
         config.write_text(
             "server: {host: 127.0.0.1, access_log: true}\n"
-            "models:\n"
+            + (f"auth: {{master_key: {BENCH_MASTER}}}\n" if args.auth else "")
+            + "models:\n"
             "  - name: bench-model\n"
-            f"    deployments: [{{api_base: '{mock_url}/v1', model: bench-model}}]\n"
+            + limits
+            + f"    deployments: [{{api_base: '{mock_url}/v1', model: bench-model}}]\n"
             "  - name: bench-renamed\n"
             f"    deployments: [{{api_base: '{mock_url}/v1', model: bench-upstream-model}}]\n"
         )
@@ -409,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         gw = Child("gateway", [*cmd, "serve", "--config", str(config), "--port", "0"], workdir, stderr_path=log_path)
         children.append(gw)
         gw_url = gw.wait_for(r"modelyard listening on (http://\S+)", 60).group(1)
+        authorization = make_virtual_key(gw_url) if args.auth else None
 
         body = chat_body("bench-model")
         sbody = chat_body("bench-model", stream=True)
@@ -419,22 +444,23 @@ def main(argv: list[str] | None = None) -> int:
         latency = run_loadgen({
             "mode": "latency", "requests": args.requests, "warmup": args.warmup, "targets": [
                 {"name": "direct", "url": mock_url, "path": PATH, "body": body},
-                {"name": "through", "url": gw_url, "path": PATH, "body": body},
-                {"name": "through-renamed", "url": gw_url, "path": PATH, "body": chat_body("bench-renamed")},
+                {"name": "through", "url": gw_url, "path": PATH, "body": body, "authorization": authorization},
+                {"name": "through-renamed", "url": gw_url, "path": PATH, "body": chat_body("bench-renamed"),
+                 "authorization": authorization},
             ]}, timeout=seq_timeout)
 
         print("phase 2 (throughput)...", file=sys.stderr)
         throughput = {
             "direct": throughput_phase(mock_url, "bench-model", args, {"mock": mock.pid}),
-            "through": throughput_phase(gw_url, "bench-model", args, pids),
-            "through-renamed": throughput_phase(gw_url, "bench-renamed", args, pids),
+            "through": throughput_phase(gw_url, "bench-model", args, pids, authorization),
+            "through-renamed": throughput_phase(gw_url, "bench-renamed", args, pids, authorization),
         }
 
         print("phase 3 (streaming)...", file=sys.stderr)
         stream = run_loadgen({
             "mode": "stream", "requests": args.requests, "warmup": args.warmup, "targets": [
                 {"name": "direct", "url": mock_url, "path": PATH, "body": sbody},
-                {"name": "through", "url": gw_url, "path": PATH, "body": sbody},
+                {"name": "through", "url": gw_url, "path": PATH, "body": sbody, "authorization": authorization},
             ]}, timeout=seq_timeout)
     finally:
         for c in reversed(children):

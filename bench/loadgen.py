@@ -40,7 +40,7 @@ _now = time.perf_counter_ns
 _CONTENT = re.compile(rb'"content":"[^"]')  # an SSE chunk carrying generated text
 
 
-def build_request(url: str, path: str, body: bytes) -> bytes:
+def build_request(url: str, path: str, body: bytes, authorization: str | None = None) -> bytes:
     """The complete request bytes (head + body) for ``POST path`` on ``url``."""
     parts = urlsplit(url)
     host = f"{parts.hostname}:{parts.port}"
@@ -49,7 +49,8 @@ def build_request(url: str, path: str, body: bytes) -> bytes:
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: modelyard-bench\r\n"
         f"Accept: application/json\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        + (f"Authorization: {authorization}\r\n" if authorization else "")
+        + f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
     return head + body
 
@@ -216,7 +217,7 @@ async def run_sequential(spec: dict) -> dict:
     per: list[dict] = []
     for t in targets:
         errors = Errors()
-        request = build_request(t["url"], t["path"], t["body"].encode())
+        request = build_request(t["url"], t["path"], t["body"].encode(), t.get("authorization"))
         conn = await _connect(t["url"], request, stream, errors, on_done)
         per.append({"t": t, "conn": conn, "errors": errors, "url": t["url"], "request": request,
                     "total": [], "head": [], "body": [], "content": [], "done": 0, "sent": 0})
@@ -246,7 +247,7 @@ async def run_sequential(spec: dict) -> dict:
 
     cpu0 = time.process_time()
     # Warm-up: every target, interleaved, not recorded.
-    for i in range(warmup):
+    for _ in range(warmup):
         for p in per:
             await one(p, False)
     for p in per:
@@ -280,7 +281,7 @@ async def run_throughput(spec: dict) -> dict:
     duration = float(spec["duration"])
     warmup_s = float(spec.get("warmup_s", 1.0))
     drain_s = float(spec.get("drain_s", 10.0))
-    request = build_request(url, path, body)
+    request = build_request(url, path, body, spec.get("authorization"))
     errors = Errors()
     loop = asyncio.get_running_loop()
     lat: list[int] = []

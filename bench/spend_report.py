@@ -65,7 +65,7 @@ async def timed(label: str, fn, repeat: int) -> None:
         t = time.perf_counter()
         out = await fn()
         times.append(time.perf_counter() - t)
-    size = len(out[0]) if isinstance(out, tuple) else len(out)
+    size = len(out[0]) if isinstance(out, tuple) else (1 if isinstance(out, int) else len(out))
     print(f"  {label:<34} first {times[0] * 1000:8.1f} ms   best {min(times) * 1000:8.1f} ms   ({size} rows)")
 
 
@@ -83,6 +83,7 @@ async def bench(name: str, store: SpendStore, loader, n: int, repeat: int) -> No
     page, cur = await store.logs(key_hash="key0042", limit=100)
     await timed("logs page 2, key filter (100)", lambda: store.logs(key_hash="key0042", limit=100, cursor=cur), repeat)
     await timed("logs page 1, no filter (100)", lambda: store.logs(limit=100), repeat)
+    await timed("budget seed: one key's 30-day spend", lambda: store.spent_nano("key0042", since), repeat)
 
 
 async def main() -> None:

@@ -65,7 +65,11 @@ def main() -> None:
 @click.option("--port", default=None, type=int, help="listen port (default: server.port, 8400; 0 = any free port)")
 @click.option("--demo", is_flag=True, help="serve the bundled demo config against a bundled mock upstream")
 @click.option("--log-level", default="warning", type=click.Choice(["debug", "info", "warning", "error"]))
-def serve(config_path: str | None, host: str | None, port: int | None, demo: bool, log_level: str) -> None:
+@click.option("--allow-unauthenticated", is_flag=True,
+              help="serve on a non-loopback address without API keys (only behind something that authenticates)")
+def serve(
+    config_path: str | None, host: str | None, port: int | None, demo: bool, log_level: str, allow_unauthenticated: bool
+) -> None:
     """Serve the OpenAI-compatible API (with no --config: the embedded default models)."""
     from modelyard.server import serve as run_server
 
@@ -77,13 +81,13 @@ def serve(config_path: str | None, host: str | None, port: int | None, demo: boo
             with resources.as_file(demo_file) as path:
                 result = _load(str(path), environ={**os.environ, "MODELYARD_DEMO_UPSTREAM": upstream})
             click.echo(f"demo upstream (mock) at {upstream}", err=True)
-            run_server(result.settings, host=host, port=port, log_level=log_level)
+            run_server(result.settings, host=host, port=port, log_level=log_level, allow_unauthenticated=allow_unauthenticated)
         return
     if config_path is None:
         settings = _embedded_default()
     else:
         settings = _load(config_path).settings
-    run_server(settings, host=host, port=port, log_level=log_level)
+    run_server(settings, host=host, port=port, log_level=log_level, allow_unauthenticated=allow_unauthenticated)
 
 
 def _embedded_default():  # noqa: ANN202

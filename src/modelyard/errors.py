@@ -149,6 +149,23 @@ class NoDeploymentAvailableError(OverloadedError):
     code = "no_deployment_available"
 
 
+class RateLimitedError(OverloadedError):
+    """An rpm/tpm limit (of the key, the model, or every deployment) is reached; the headers say
+    which and when (``Retry-After`` and OpenAI's ``x-ratelimit-*``)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class BudgetExceededError(ModelyardError):
+    """A key's budget for its current period is spent (Retry-After: when the period resets)."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+
 # --- upstream failures -------------------------------------------------------------------------
 
 

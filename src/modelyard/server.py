@@ -8,9 +8,11 @@ a clean drain is a success, so modelyard exits 0.)
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import uvicorn
 
@@ -58,10 +60,45 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(settings: Settings, *, host: str | None = None, port: int | None = None, log_level: str = "warning") -> None:
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: may resolve to anything
+
+
+def exposure_problem(
+    host: str, settings: Settings, environ: Mapping[str, str], *, allow_unauthenticated: bool = False
+) -> str | None:
+    """Why serving on ``host`` would be unsafe (no key configured and not loopback), or None."""
+    if is_loopback(host) or settings.auth.master_key or environ.get("MODELYARD_MASTER_KEY"):
+        return None
+    if allow_unauthenticated or settings.auth.allow_unauthenticated:
+        return None
+    return (
+        f"refusing to serve on {host} without API keys: anyone who can reach it could use every model. "
+        "Set auth.master_key (or $MODELYARD_MASTER_KEY), bind to 127.0.0.1, or pass --allow-unauthenticated "
+        "(auth.allow_unauthenticated: true) if something in front of modelyard authenticates."
+    )
+
+
+def serve(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    log_level: str = "warning",
+    allow_unauthenticated: bool = False,
+) -> None:
     """Serve until SIGTERM/SIGINT. Prints ``modelyard listening on URL`` once ready."""
     host = host or settings.server.host
     port = settings.server.port if port is None else port
+    problem = exposure_problem(host, settings, os.environ, allow_unauthenticated=allow_unauthenticated)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+        sys.exit(2)
     try:
         sock = bind(host, port)
     except OSError as exc:

@@ -48,3 +48,36 @@ def gateway(procs: ProcessPool):  # noqa: ANN201 - a factory
         return procs.gateway(config, env=env)
 
     return start
+
+
+@pytest.fixture
+def redis_url() -> str:
+    from .services import REDIS_URL, require_redis
+
+    require_redis(REDIS_URL)
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own in the real Redis, deleted afterwards."""
+    import uuid
+
+    from .services import redis_cleanup
+
+    p = f"modelyard:test:{uuid.uuid4().hex}:"
+    yield p
+    redis_cleanup(redis_url, p)
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database of this test's own (SQLAlchemy URL), dropped afterwards."""
+    import uuid
+
+    from .services import pg_create_database, pg_drop_database
+
+    name = f"modelyard_it_{uuid.uuid4().hex[:12]}"
+    url = pg_create_database(name)
+    yield url
+    pg_drop_database(name)

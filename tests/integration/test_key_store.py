@@ -17,6 +17,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -324,6 +325,22 @@ async def test_find_fresh_finds_a_new_key_immediately(replicas):
     assert ring_b.find(plain) is None
     got = await ring_b.find_fresh(plain)
     assert got is not None and got.id == k.id
+    await ring_b.aclose()
+
+
+async def test_find_fresh_right_after_a_refresh_still_finds_a_new_key(replicas):
+    """The miss comes within miss_refresh_min_s of a refresh that began before the key existed:
+    find_fresh waits out the interval and refreshes again instead of answering "unknown"."""
+    store_a, store_b = KeyStore(await replicas()), KeyStore(await replicas())
+    ring_b = KeyRing(store_b, refresh_interval_s=SLOW, miss_refresh_min_s=0.25)  # the real clock
+    await ring_b.start()
+    plain, k = key()
+    await store_a.create(k)
+    queries = count_queries(store_b.db)
+    t0 = time.monotonic()
+    got = await ring_b.find_fresh(plain)
+    assert got is not None and got.id == k.id
+    assert len(queries) == 1 and time.monotonic() - t0 < 5
     await ring_b.aclose()
 
 

@@ -246,6 +246,15 @@ class SpendStore:
 
     # --- reads -------------------------------------------------------------------------------
 
+    async def spent_nano(self, key_hash: str, since: dt.datetime) -> int:
+        """A key's total cost (nano-units) since ``since``: the budget counters' seed (ix_spend_key_ts)."""
+        q = select(func.coalesce(func.sum(_t.c.cost_nano), 0)).where(_t.c.key_hash == key_hash, _t.c.ts_us >= to_us(since))
+        try:
+            async with self.engine.connect() as conn:
+                return int((await conn.execute(q)).scalar_one())
+        except (SQLAlchemyError, OSError) as exc:
+            raise SpendStoreError(f"spend query failed: {exc.__class__.__name__}") from exc
+
     async def count(self) -> int:
         async with self.engine.connect() as conn:
             return int((await conn.execute(select(func.count()).select_from(_t))).scalar_one())

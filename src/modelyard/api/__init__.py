@@ -11,11 +11,12 @@ from modelyard.routing.breaker import Clock
 
 def create_app(settings: Settings, *, access_log: AccessLog | None = None, clock: Clock = time.monotonic):  # noqa: ANN201
     """Build the ASGI app with every route registered (services are built in its lifespan)."""
-    from modelyard.api import admin_routes, openai_routes, ops_routes
+    from modelyard.api import admin_routes, key_routes, openai_routes, ops_routes
     from modelyard.api.app import ModelyardApp
 
     app = ModelyardApp(settings, access_log=access_log, clock=clock)
     openai_routes.register(app)
     ops_routes.register(app)
     admin_routes.register(app)
+    key_routes.register(app)
     return app

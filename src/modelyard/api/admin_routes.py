@@ -1,6 +1,7 @@
 """Admin API for local models: residency (load, demote, unload) and pins.
 
-Until API keys land (issue 5) these routes answer only clients on the loopback interface.
+Every path here needs the master key (``api.auth.Gate.admin``, applied by the app to ``/admin/`` and
+``/spend/`` before routing); without a master key configured, only loopback clients.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from urllib.parse import parse_qs
 
 from modelyard.api.app import ModelyardApp
 from modelyard.api.http import Request
-from modelyard.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from modelyard.errors import InvalidRequestError, NotFoundError
 from modelyard.memory.devices import gpu_memory_stats
 
-_LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def _query(req: Request) -> dict[str, str]:
@@ -50,14 +50,8 @@ def register(app: ModelyardApp) -> None:
             raise NotFoundError("no local models are configured", code="no_local_models")
         return s.memory
 
-    def only_loopback(req: Request) -> None:
-        client = req.scope.get("client")
-        if not client or client[0] not in _LOOPBACK:
-            raise PermissionDeniedError("the admin API answers loopback clients only (until API keys exist)")
-
     async def list_models(req: Request) -> None:
         req.endpoint = "admin"
-        only_loopback(req)
         mm = manager()
         usage = mm.usage()
         budgets = mm.budgets
@@ -77,7 +71,6 @@ def register(app: ModelyardApp) -> None:
     async def act(req: Request) -> None:
         """POST /admin/models/{name}/{action}; demote takes {"to": "host" | "disk"}."""
         req.endpoint = "admin"
-        only_loopback(req)
         rest = req.path[len("/admin/models/"):]
         name, _, action = rest.rpartition("/")
         if not name or action not in _ACTIONS:
@@ -107,7 +100,6 @@ def register(app: ModelyardApp) -> None:
     async def spend_logs(req: Request) -> None:
         """GET /spend/logs?key_hash=&model=&team=&since=&until=&limit=&cursor= (newest first)."""
         req.endpoint = "spend"
-        only_loopback(req)
         q = _query(req)
         rows, cursor = await spend_store().logs(
             key_hash=q.get("key_hash"), model=q.get("model"), team=q.get("team"),
@@ -118,7 +110,6 @@ def register(app: ModelyardApp) -> None:
     async def spend_report(req: Request) -> None:
         """GET /spend/report?since=&until=&group_by=model,day (default: the last 30 days by model)."""
         req.endpoint = "spend"
-        only_loopback(req)
         q = _query(req)
         until = _time(q, "until") or dt.datetime.now(dt.UTC)
         since = _time(q, "since") or until - dt.timedelta(days=30)

@@ -7,15 +7,25 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from modelyard.api.http import Receive, Request, Scope, Send
 from modelyard.api.proxy import Proxy
 from modelyard.backends.httpclient import HTTPPool
 from modelyard.backends.openai import OpenAIBackend
 from modelyard.accounting.pricing import cost as price_of
+from modelyard.accounting.pricing import to_nano
+from modelyard.api.auth import Gate
+from modelyard.auth.ring import KeyRing
+from modelyard.auth.store import KeyStore
+from modelyard.limits.base import Limiter
+from modelyard.limits.budget import Budgets, MemoryBudgets, RedisBudgets
+from modelyard.limits.guard import RateGuard
+from modelyard.limits.memory import MemoryLimiter
 from modelyard.accounting.store import SpendRow, SpendStore
 from modelyard.accounting.writer import SpendWriter
 from modelyard.backends.base import Backend
@@ -46,9 +56,16 @@ class Services:
     proxy: Proxy
     access_log: AccessLog
     clock: Clock
+    gate: Gate
+    guard: RateGuard
     local: LocalModels | None = None
     spend: SpendWriter | None = None
     spend_store: SpendStore | None = None
+    db: Database | None = None
+    keys: KeyStore | None = None
+    ring: KeyRing | None = None
+    budgets: Budgets | None = None
+    redis: Any = None  # the redis client shared by limiter and budgets (owned)
     draining: bool = False
 
     @property
@@ -61,12 +78,18 @@ class Services:
 
     async def start(self) -> None:
         self.access_log.start()
-        if self.spend_store is not None and self.spend is not None:
+        if self.db is not None:
             try:
-                await self.spend_store.start()  # versioned migrations, under a lock
-            except ModelyardError as exc:  # the writer spools until the database answers
-                log.error("spend store unavailable at start: %s", exc.message)
+                await self.db.start()  # versioned migrations, under a lock
+            except ModelyardError as exc:  # the writer spools and the key ring retries until it answers
+                log.error("database unavailable at start: %s", exc.message)
+        if self.spend is not None:
             await self.spend.start()
+        if self.ring is not None:
+            try:
+                await self.ring.start()
+            except ModelyardError as exc:
+                log.error("virtual keys not loaded at start (retrying in the background): %s", exc.message)
         if self.memory is not None:
             await self.memory.start()  # preloads pinned/preload models, starts keep-alive
 
@@ -75,8 +98,15 @@ class Services:
             await self.local.aclose()
         if self.spend is not None:
             await self.spend.aclose()  # every accepted row: to the database, or to the spool
-        if self.spend_store is not None:
-            await self.spend_store.db.aclose()
+        if self.ring is not None:
+            await self.ring.aclose()
+        if self.budgets is not None:
+            await self.budgets.aclose()
+        await self.guard.limiter.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self.db is not None:
+            await self.db.aclose()
         await self.pool.aclose()
         await self.access_log.aclose()
 
@@ -92,26 +122,54 @@ def build_services(settings: Settings, *, access_log: AccessLog | None = None, c
             return local.backends[id(d)]
         return OpenAIBackend(d.api_base, d.api_key, pool)
 
-    router = Router(settings, backend_for, metrics, clock=clock)
-    spend_store = spend = None
-    if settings.spend.enabled:
+    master_key = settings.auth.master_key or os.environ.get("MODELYARD_MASTER_KEY") or None
+    db = spend_store = spend = keys = ring = None
+    if settings.spend.enabled or master_key:
         home = data_dir(settings)
         home.mkdir(parents=True, exist_ok=True)
         db = Database(settings.database.url or sqlite_url(home / "modelyard.db"))
-        spend_store = SpendStore(db)
-        spend = SpendWriter(spend_store, spool_path=home / "spend.spool", flush_interval_s=settings.spend.flush_interval_s)
+        if settings.spend.enabled:
+            spend_store = SpendStore(db)
+            spend = SpendWriter(spend_store, spool_path=home / "spend.spool", flush_interval_s=settings.spend.flush_interval_s)
+        if master_key:
+            keys = KeyStore(db)
+            ring = KeyRing(keys, refresh_interval_s=settings.auth.refresh_interval_s)
+    seed = spend_store.spent_nano if spend_store is not None else _no_spend
+    lim = settings.limits
+    redis = None
+    if lim.redis_url:
+        from modelyard.limits.redis import RedisLimiter, redis_client
+
+        redis = redis_client(lim.redis_url)
+        limiter: Limiter = RedisLimiter(redis, prefix=lim.redis_prefix + "rl:")
+        budgets: Budgets = RedisBudgets(redis, seed, prefix=lim.redis_prefix + "budget:", fail_open=lim.fail_open)
+    else:
+        limiter, budgets = MemoryLimiter(), MemoryBudgets(seed)
+    guard = RateGuard(limiter, fail_open=lim.fail_open)
+    router = Router(settings, backend_for, metrics, clock=clock, guard=guard)
     return Services(
         settings=settings,
         metrics=metrics,
         pool=pool,
         router=router,
-        proxy=Proxy(router, metrics, clock),
+        proxy=Proxy(router, metrics, clock, guard=guard, default_completion_tokens=lim.default_completion_tokens),
         access_log=access_log or AccessLog(enabled=settings.server.access_log),
         clock=clock,
+        gate=Gate(master_key, ring, budgets),
+        guard=guard,
         local=local,
         spend=spend,
         spend_store=spend_store,
+        db=db,
+        keys=keys,
+        ring=ring,
+        budgets=budgets,
+        redis=redis,
     )
+
+
+async def _no_spend(key_id: str, since: dt.datetime) -> int:
+    return 0
 
 
 class ModelyardApp:
@@ -187,7 +245,14 @@ class ModelyardApp:
         req = Request(scope, receive, send, services.clock())
         task = asyncio.current_task()
         try:
-            methods = self._find(req.path)
+            path = req.path
+            if path.startswith("/v1/"):
+                req.principal = await services.gate.client(req)
+            elif path.startswith(("/admin/", "/spend/")):
+                req.principal = await services.gate.admin(req)
+            elif path.startswith("/key/"):
+                req.principal = await services.gate.self_or_admin(req)
+            methods = self._find(path)
             if methods is None:
                 raise NotFoundError(f"Unknown path {req.path!r}", code="unknown_url")
             handler = methods.get(req.method)
@@ -241,9 +306,14 @@ class ModelyardApp:
         if services.spend is not None and req.model is not None:
             p, c = req.prompt_tokens or 0, req.completion_tokens or 0
             cost, priced = price_of(req.price, p, c)
+            principal = req.principal
+            if cost:
+                services.gate.charge(principal, to_nano(cost))
             services.spend.write(
                 SpendRow(
-                    request_id=req.request_id, ts=dt.datetime.now(dt.UTC), key_hash=None, team=None,
+                    request_id=req.request_id, ts=dt.datetime.now(dt.UTC),
+                    key_hash=principal.key_id if principal is not None else None,
+                    team=principal.team if principal is not None else None,
                     model=req.model, deployment=req.deployment or "", prompt_tokens=p, completion_tokens=c,
                     cost=cost, priced=priced, latency_ms=round(elapsed * 1000, 3), status=req.status,
                     fallbacks=req.fallbacks, stream=req.stream,

@@ -33,7 +33,8 @@ class Request:
     __slots__ = (
         "scope", "receive", "send", "method", "path", "request_id", "t0", "model", "endpoint",
         "deployment", "status", "prompt_tokens", "completion_tokens", "started", "finished",
-        "disconnected", "fallbacks", "extra_headers", "watcher", "price", "stream",
+        "disconnected", "fallbacks", "extra_headers", "watcher", "price", "stream", "authorization",
+        "principal",
     )
 
     def __init__(self, scope: Scope, receive: Receive, send: Send, t0: float) -> None:
@@ -43,13 +44,15 @@ class Request:
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         self.t0 = t0
-        rid = None
+        rid = auth = None
         for k, v in scope["headers"]:
-            if k == b"x-request-id":
-                if _REQUEST_ID_OK.match(v):
-                    rid = v.decode()
-                break
+            if k == b"authorization":
+                auth = v.decode("latin-1")
+            elif k == b"x-request-id" and rid is None and _REQUEST_ID_OK.match(v):
+                rid = v.decode()
         self.request_id: str = rid or secrets.token_hex(12)
+        self.authorization: str | None = auth  # never logged
+        self.principal: Any = None  # api.auth.Principal, set before the handler runs
         self.model: str | None = None  # public model label (metrics/logs)
         self.endpoint: str = self.path
         self.deployment: str | None = None

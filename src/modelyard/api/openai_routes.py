@@ -56,14 +56,20 @@ def register(app: ModelyardApp) -> None:
 
     async def list_models(req: Request) -> None:
         req.endpoint = "models"
-        data = [_model_card(name, group.cfg.owned_by, group.created) for name, group in services().router.public_names()]
+        who = req.principal
+        data = [
+            _model_card(name, group.cfg.owned_by, group.created)
+            for name, group in services().router.public_names()
+            if who is None or who.allows(name, group.name)
+        ]
         await req.respond_json(200, {"object": "list", "data": data})
 
     async def get_model(req: Request) -> None:
         req.endpoint = "models"
         name = req.path[len("/v1/models/"):]
+        who = req.principal
         for public, group in services().router.public_names():
-            if public == name:
+            if public == name and (who is None or who.allows(public, group.name)):
                 await req.respond_json(200, _model_card(public, group.cfg.owned_by, group.created))
                 return
         raise ModelNotFoundError(f"The model {name!r} does not exist", param="model")

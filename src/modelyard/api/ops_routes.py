@@ -27,7 +27,8 @@ def register(app: ModelyardApp) -> None:
         }
         unavailable = sorted(name for name, n in models.items() if n == 0)
         ready = not s.draining
-        body: dict[str, object] = {"status": "draining" if s.draining else ("degraded" if unavailable else "ready"), "models": models}
+        status = "draining" if s.draining else ("degraded" if unavailable else "ready")
+        body: dict[str, object] = {"status": status, "models": models}
         if unavailable:
             body["unavailable"] = unavailable
         await req.respond_json(200 if ready else 503, body)

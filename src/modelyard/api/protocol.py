@@ -20,7 +20,8 @@ def _bad(param: str, message: str) -> InvalidRequestError:
 
 
 def _type_name(v: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null", int: "integer", float: "number"}.get(type(v), type(v).__name__)
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null", int: "integer", float: "number"}
+    return names.get(type(v), type(v).__name__)
 
 
 def _check_model(data: dict[str, Any]) -> str:

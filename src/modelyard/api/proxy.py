@@ -14,7 +14,10 @@ import orjson
 from modelyard.api.http import Request
 from modelyard.api.sse import DONE, SSERelay, error_event
 from modelyard.backends.base import CallOptions
-from modelyard.errors import ModelyardError, UpstreamError
+from modelyard.api.auth import Principal
+from modelyard.errors import ModelyardError, PermissionDeniedError, UpstreamError
+from modelyard.limits.base import Limit, Reservation
+from modelyard.limits.guard import RateGuard, estimate_tokens
 from modelyard.observability.metrics import Metrics
 from modelyard.routing.breaker import Clock
 from modelyard.routing.router import DeploymentSlot, ModelGroup, Router
@@ -53,24 +56,54 @@ class BodyFor:
 
 
 class Proxy:
-    def __init__(self, router: Router, metrics: Metrics, clock: Clock) -> None:
+    def __init__(
+        self,
+        router: Router,
+        metrics: Metrics,
+        clock: Clock,
+        *,
+        guard: RateGuard | None = None,
+        default_completion_tokens: int = 256,
+    ) -> None:
         self._router = router
         self._metrics = metrics
         self._clock = clock
+        self._guard = guard
+        self._default_completion = default_completion_tokens
 
     async def forward(self, req: Request, path: str, model: str, data: dict[str, Any], raw: bytes, *, stream: bool) -> None:
         group = self._router.resolve(model)
         req.model = group.name
-        req.watch_disconnect()
-        await group.admission.acquire()
+        principal = req.principal
+        if principal is not None and not principal.allows(model, group.name):
+            raise PermissionDeniedError(
+                f"this API key may not use model {model!r}", param="model", code="model_not_allowed"
+            )
+        guard = self._guard
+        reservation = None
+        tokens = 0
+        if guard is not None:
+            scopes = _scopes(principal, group)
+            if scopes or group.limited:
+                tokens = estimate_tokens(data, len(raw), self._default_completion)
+            if scopes:
+                decision, reservation = await guard.admit(scopes, tokens)
+                if decision is not None:
+                    req.extra_headers.extend((k.encode(), v.encode()) for k, v in decision.headers.items())
         try:
-            req.stream = stream
-            if stream:
-                await self._stream(req, group, path, data, raw)
-            else:
-                await self._unary(req, group, path, BodyFor(data, raw))
+            req.watch_disconnect()
+            await group.admission.acquire()
+            try:
+                req.stream = stream
+                if stream:
+                    await self._stream(req, group, path, data, raw, tokens)
+                else:
+                    await self._unary(req, group, path, BodyFor(data, raw), tokens)
+            finally:
+                group.admission.release()
         finally:
-            group.admission.release()
+            if reservation is not None and guard is not None:
+                await guard.settle(reservation, (req.prompt_tokens or 0) + (req.completion_tokens or 0))
 
     def _route_headers(self, req: Request, answered: ModelGroup, hops: int) -> None:
         req.fallbacks = hops
@@ -79,20 +112,25 @@ class Proxy:
         req.extra_headers.append((b"x-modelyard-model", answered_name.encode()))
         req.extra_headers.append((b"x-modelyard-fallbacks", str(hops).encode()))
 
-    async def _unary(self, req: Request, group: ModelGroup, path: str, body_for: BodyFor) -> None:
+    async def _unary(self, req: Request, group: ModelGroup, path: str, body_for: BodyFor, tokens: int) -> None:
         rid = req.request_id
 
         def op(dep: DeploymentSlot):  # noqa: ANN202 - a coroutine for the router
             return dep.backend.call(path, body_for(dep), CallOptions(dep.timeout_s, rid))
 
-        routed = await self._router.run(group, op)
+        routed = await self._router.run(group, op, tokens=tokens)
         reply = routed.result
         req.deployment = routed.deployment.name
         self._route_headers(req, routed.group, routed.hops)
         self._count_usage(req, routed.deployment, _usage_of(reply.body))
-        await req.respond(reply.status, reply.body, content_type=reply.content_type)
+        try:
+            await req.respond(reply.status, reply.body, content_type=reply.content_type)
+        finally:
+            await self._settle(routed.reservation, req)
 
-    async def _stream(self, req: Request, group: ModelGroup, path: str, data: dict[str, Any], raw: bytes) -> None:
+    async def _stream(
+        self, req: Request, group: ModelGroup, path: str, data: dict[str, Any], raw: bytes, tokens: int
+    ) -> None:
         opts = data.get("stream_options")
         client_wants_usage = isinstance(opts, dict) and opts.get("include_usage") is True
         extra = None if client_wants_usage else {"stream_options": {**(opts or {}), "include_usage": True}}
@@ -102,7 +140,7 @@ class Proxy:
         def op(dep: DeploymentSlot):  # noqa: ANN202
             return dep.backend.open_stream(path, body_for(dep), CallOptions(dep.timeout_s, rid))
 
-        routed = await self._router.run(group, op, hold=True)
+        routed = await self._router.run(group, op, hold=True, tokens=tokens)
         upstream = routed.result
         req.deployment = routed.deployment.name
         self._route_headers(req, routed.group, routed.hops)
@@ -138,6 +176,11 @@ class Proxy:
             if usage is None and relay.content_events:
                 usage = {"completion_tokens": relay.content_events}  # counted: the upstream sent no usage
             self._count_usage(req, routed.deployment, usage)
+            await self._settle(routed.reservation, req)
+
+    async def _settle(self, reservation: Reservation | None, req: Request) -> None:
+        if reservation is not None and self._guard is not None:
+            await self._guard.settle(reservation, (req.prompt_tokens or 0) + (req.completion_tokens or 0))
 
     def _count_usage(self, req: Request, dep: DeploymentSlot, usage: dict[str, Any] | None) -> None:
         if not usage:
@@ -149,6 +192,16 @@ class Proxy:
         if isinstance(c, int) and c > 0:
             req.completion_tokens = c
             dep.series.tokens_out.inc(c)
+
+
+def _scopes(principal: Principal | None, group: ModelGroup) -> list[tuple[str, Limit]]:
+    scopes = []
+    key = principal.key if principal is not None else None
+    if key is not None and (key.rpm_limit is not None or key.tpm_limit is not None):
+        scopes.append((f"key:{key.id}", Limit(key.rpm_limit, key.tpm_limit)))
+    if group.limit is not None:
+        scopes.append((f"model:{group.name}", group.limit))
+    return scopes
 
 
 def _usage_of(body: bytes) -> dict[str, Any] | None:

@@ -4,9 +4,9 @@ Every replica loads all keys once (``start``), then polls ``KeyStore.changed_sin
 ``refresh_interval_s``. A key created or revoked through another replica (or the CLI) is therefore
 seen here within about one interval plus one query; a key created *on this replica* is ``put``
 at once. A request that carries a well-formed but unknown id may be a key made a moment ago
-elsewhere: ``find_fresh`` then runs one early refresh, but at most one per ``miss_refresh_min_s``
-however many garbage ids arrive, and concurrent misses share it, so invalid keys cannot turn
-into a database load.
+elsewhere: ``find_fresh`` then waits for a refresh that began after the miss (so such a key is
+always found), but starts at most one per ``miss_refresh_min_s`` however many garbage ids arrive,
+and concurrent misses share it, so invalid keys cannot turn into a database load.
 
 Why an overlap: ``updated_us`` is a timestamp, not a commit sequence. A transaction can commit after
 one with a larger ``updated_us`` was already read, two replicas can write the same microsecond, and
@@ -119,21 +119,40 @@ class KeyRing:
         return key
 
     async def find_fresh(self, plaintext: str) -> VirtualKey | None:
-        """``find``; on a well-formed unknown id, one early refresh first (rate-limited, shared)."""
+        """``find``; on a well-formed unknown id, wait for a refresh that *began after the miss*
+        (one made a moment ago elsewhere is then found), joining one in flight or starting one —
+        but never starting more than one per ``miss_refresh_min_s``: a miss soon after a refresh
+        waits out the rest of that interval, so garbage ids cost waiting, not queries."""
         found = self.find(plaintext)
         if found is not None:
             return found
         parts = split_key(plaintext)
         if parts is None or parts[0] in self._keys:  # malformed, or a known id with a wrong secret
             return None
-        if not self._refreshing() and self._last_refresh_start is not None:
-            if self._clock() - self._last_refresh_start < self._miss_min:
+        t_miss = self._clock()
+        for _ in range(4):  # bounded: join (old), wait, start/join (new)
+            last = self._last_refresh_start
+            if self._refreshing():
+                try:
+                    await self.refresh()  # joins the one in flight
+                except KeyStoreError as exc:
+                    self._failed(exc)
+                    return None
+                if last is not None and last >= t_miss:
+                    return self.find(plaintext)
+                continue  # it began before the miss: may not have seen the key
+            if last is not None and last >= t_miss:
+                return self.find(plaintext)  # one that began after the miss has completed
+            wait = (last + self._miss_min - self._clock()) if last is not None else 0.0
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            try:
+                await self.refresh()
+            except KeyStoreError as exc:
+                self._failed(exc)
                 return None
-        try:
-            await self.refresh()
-        except KeyStoreError as exc:
-            self._failed(exc)
-            return None
+            return self.find(plaintext)
         return self.find(plaintext)
 
     def get(self, key_id: str) -> VirtualKey | None:

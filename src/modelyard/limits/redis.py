@@ -156,15 +156,7 @@ class RedisLimiter:
         every request's path, and an unreachable Redis must become a fast ``LimiterUnavailableError``
         (redis-py's default retries with backoff for seconds). A blocking pool: a burst beyond
         ``max_connections`` waits (up to ``timeout_s``) for a connection instead of failing."""
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout_s,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1),
-        )
-        return cls(aioredis.Redis.from_pool(pool), owns_client=True, **kw)
+        return cls(redis_client(url, timeout_s=timeout_s, max_connections=max_connections), owns_client=True, **kw)
 
     def _head(self) -> list[Any]:
         w = self._window
@@ -214,6 +206,20 @@ class RedisLimiter:
                 return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
         except RedisError as exc:
             raise LimiterUnavailableError(f"rate limiter store unavailable: {exc}") from exc
+
+
+def redis_client(url: str, *, timeout_s: float = 1.0, max_connections: int = 64) -> aioredis.Redis:
+    """A client for the request path: short timeouts, one immediate retry, a blocking pool (see
+    ``RedisLimiter.from_url``). Shared by the limiter and the budget counters."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 1),
+    )
+    return aioredis.Redis.from_pool(pool)
 
 
 def _s(value: bytes | str) -> str:

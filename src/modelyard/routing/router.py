@@ -21,11 +21,14 @@ from modelyard.errors import (
     ModelNotFoundError,
     ModelyardError,
     NoDeploymentAvailableError,
+    RateLimitedError,
     UpstreamConnectError,
     UpstreamError,
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
+from modelyard.limits.base import Limit, Reservation
+from modelyard.limits.guard import RateGuard
 from modelyard.observability.metrics import DeploymentSeries, Metrics
 from modelyard.routing.admission import Admission
 from modelyard.routing.breaker import BreakerState, CircuitBreaker, Clock, Ticket
@@ -49,6 +52,7 @@ class DeploymentSlot:
     timeout_s: float
     max_concurrency: int | None
     series: DeploymentSeries
+    limit: Limit | None = None  # its rpm/tpm: at the limit the router skips it
     in_flight: int = 0
     latency_ewma_s: float = 0.0
 
@@ -67,6 +71,12 @@ class ModelGroup:
     fallbacks: list[str]
     price: Price | None
     created: int
+    limit: Limit | None = None  # the model's rpm/tpm, all callers together
+
+    @property
+    def limited(self) -> bool:
+        """Does any deployment have its own rpm/tpm (so requests need a token estimate)?"""
+        return any(d.limit is not None for d in self.deployments)
 
 
 @dataclass(eq=False)
@@ -82,6 +92,7 @@ class Routed(Generic[T]):
     _ticket: Ticket
     _t0: float
     _held: bool = field(default=False)
+    reservation: Reservation | None = None  # the deployment's rate-limit charge, settled by the caller
 
     def finish(self, *, ok: bool | None) -> None:
         """End a held request (streams): free its in-flight slot and record its verdict
@@ -101,8 +112,10 @@ class Router:
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
         sleep: Sleep = asyncio.sleep,
+        guard: RateGuard | None = None,
     ) -> None:
         self._metrics = metrics
+        self._guard = guard
         self._clock = clock
         self._rng = rng or random.Random()
         self._sleep = sleep
@@ -134,6 +147,7 @@ class Router:
                     timeout_s=d.timeout_s or r.timeout_s,
                     max_concurrency=d.max_concurrency,
                     series=self._metrics.deployment_series(m.name, name),
+                    limit=Limit(d.rpm, d.tpm) if d.rpm is not None or d.tpm is not None else None,
                 )
             )
         q = m.queue or r.queue
@@ -157,6 +171,7 @@ class Router:
             fallbacks=list(m.fallbacks),
             price=m.price,
             created=created,
+            limit=Limit(m.rpm, m.tpm) if m.rpm is not None or m.tpm is not None else None,
         )
 
     # --- lookup --------------------------------------------------------------------------------
@@ -176,10 +191,12 @@ class Router:
         return [d for g in self._groups.values() for d in g.deployments]
 
     # --- the path ------------------------------------------------------------------------------
-    def _choose(self, group: ModelGroup, tried: set[DeploymentSlot]) -> tuple[DeploymentSlot, Ticket] | None:
-        fresh = [d for d in group.deployments if d not in tried and d.has_room() and d.breaker.available()]
+    def _choose(
+        self, group: ModelGroup, tried: set[DeploymentSlot], limited: set[DeploymentSlot]
+    ) -> tuple[DeploymentSlot, Ticket] | None:
+        fresh = [d for d in group.deployments if d not in tried and d not in limited and d.has_room() and d.breaker.available()]
         if not fresh:  # every healthy deployment was tried: a retry may go to one of them again
-            fresh = [d for d in group.deployments if d.has_room() and d.breaker.available()]
+            fresh = [d for d in group.deployments if d not in limited and d.has_room() and d.breaker.available()]
             if not fresh:
                 return None
         dep = fresh[0] if len(fresh) == 1 else group.picker.pick(fresh, self._rng)  # type: ignore[assignment]
@@ -190,15 +207,37 @@ class Router:
         cap = min(retry.backoff_max_s, retry.backoff_base_s * (2 ** (attempt - 1)))
         return self._rng.uniform(0, cap)  # full jitter
 
+    async def _within_limit(self, dep: DeploymentSlot, ticket: Ticket, tokens: int) -> tuple[bool, Reservation | None, float]:
+        """Charge the deployment's own rpm/tpm; refused → the ticket is given back unused."""
+        if dep.limit is None or self._guard is None:
+            return True, None, 0.0
+        try:
+            decision, reservation = await self._guard.check(((f"deployment:{dep.name}", dep.limit),), tokens)
+        except BaseException:
+            dep.breaker.record_abandoned(ticket)
+            raise
+        if decision is not None and not decision.allowed:
+            dep.breaker.record_abandoned(ticket)
+            return False, None, decision.retry_after_s
+        return True, reservation, 0.0
+
     async def run(
-        self, group: ModelGroup, op: Callable[[DeploymentSlot], Awaitable[T]], *, hold: bool = False
+        self,
+        group: ModelGroup,
+        op: Callable[[DeploymentSlot], Awaitable[T]],
+        *,
+        hold: bool = False,
+        tokens: int = 0,
     ) -> Routed[T]:
         """Run ``op`` on a deployment of ``group`` (or of its fallbacks) until one succeeds.
 
         With ``hold=True`` the deployment's in-flight slot stays taken after ``op`` returns (a
-        stream still flowing) until the caller calls ``Routed.finish``.
+        stream still flowing) until the caller calls ``Routed.finish``. ``tokens`` is the request's
+        estimate, charged to a deployment's tpm; a deployment at its rpm/tpm is skipped (not an
+        attempt), and when every one is, the answer is 429 with the earliest ``Retry-After``.
         """
         last: ModelyardError | None = None
+        limit_wait: float | None = None
         m = self._metrics
         chain = [group]
         for fb in group.fallbacks:
@@ -210,15 +249,23 @@ class Router:
             if hops:
                 m.fallbacks.labels(group.name, g.name).inc()
             tried: set[DeploymentSlot] = set()
-            for attempt in range(g.retry.num_retries + 1):
-                chosen = self._choose(g, tried)
+            limited: set[DeploymentSlot] = set()
+            attempt = 0
+            while attempt <= g.retry.num_retries:
+                chosen = self._choose(g, tried, limited)
                 if chosen is None:
                     break
                 dep, ticket = chosen
-                if attempt:
+                within, reservation, wait = await self._within_limit(dep, ticket, tokens)
+                if not within:
+                    limited.add(dep)
+                    limit_wait = wait if limit_wait is None else min(limit_wait, wait)
+                    continue
+                attempt += 1
+                if attempt > 1:
                     retries += 1
                     m.retries.labels(g.name, dep.name).inc()
-                    delay = self._backoff_s(g.retry, attempt)
+                    delay = self._backoff_s(g.retry, attempt - 1)
                     if delay > 0:
                         try:
                             await self._sleep(delay)
@@ -233,6 +280,8 @@ class Router:
                 except UpstreamError as exc:
                     dep.in_flight -= 1
                     m.upstream_requests.labels(g.name, dep.name, _outcome(exc)).inc()
+                    if reservation is not None and self._guard is not None:
+                        await self._guard.settle(reservation, 0)
                     if not exc.retryable:
                         dep.breaker.record_success(ticket)  # it answered: the client's request was at fault
                         raise
@@ -244,12 +293,18 @@ class Router:
                     dep.breaker.record_abandoned(ticket)
                     m.upstream_requests.labels(g.name, dep.name, "cancelled").inc()
                     raise
-                routed = Routed(result, dep, g, hops, retries, self, ticket, t0, hold)
+                routed = Routed(result, dep, g, hops, retries, self, ticket, t0, hold, reservation)
                 if not hold:
                     self._finish(dep, ticket, ok=True, started=t0)
                 return routed
         if last is not None:
             raise last
+        if limit_wait is not None:
+            raise RateLimitedError(
+                f"every deployment of model {group.name!r}" + (" and its fallbacks" if len(chain) > 1 else "")
+                + " is at its rate limit (or unavailable)",
+                retry_after_s=limit_wait,
+            )
         raise NoDeploymentAvailableError(
             f"no deployment of model {group.name!r}"
             + (" or its fallbacks" if len(chain) > 1 else "")
