@@ -400,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gateway-log", default=None,
                     help="where the gateway's stderr (access log) goes: a file path, or 'devnull' (default: a temp file)")
     ap.add_argument("--json", action="store_true", help="also print the results as one JSON object")
+    ap.add_argument("--redis", default=None, metavar="URL",
+                    help="with --auth: keep the rate-limit and budget counters in this Redis (limits.redis_url)")
     ap.add_argument("--auth", action="store_true",
                     help="a master key, and 'through' requests sent with a virtual key that has rpm/tpm limits "
                          "(and the model an rpm/tpm of its own): authentication and the limiter on every request")
@@ -420,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         config.write_text(
             "server: {host: 127.0.0.1, access_log: true}\n"
             + (f"auth: {{master_key: {BENCH_MASTER}}}\n" if args.auth else "")
+            + (f"limits: {{redis_url: '{args.redis}', redis_prefix: 'modelyard:bench:'}}\n" if args.redis else "")
             + "models:\n"
             "  - name: bench-model\n"
             + limits

@@ -274,3 +274,34 @@ def test_admitted_requests_in_any_60s_never_exceed_rpm(steps: list[tuple[str, in
                     full = [name for name, limit in scopes if len(recent61[name]) >= limit.rpm]  # type: ignore[operator]
                     assert full, "refused although no scope had rpm requests in the last 61 s"
                     assert d.which is not None and d.which.removesuffix(" rpm") in full
+
+
+# --- the fast path's headers equal the general ones ------------------------------------------------
+
+_caps = st.one_of(st.none(), st.integers(min_value=0, max_value=50))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    limits=st.lists(st.tuples(_caps, _caps), min_size=1, max_size=3),
+    raw=st.lists(st.lists(st.tuples(st.integers(0, 61), st.integers(0, 5), st.integers(0, 20)), max_size=6), min_size=3, max_size=3),
+    tokens=st.integers(min_value=1, max_value=30),
+    frac=st.floats(min_value=0, max_value=0.999),
+)
+def test_allowed_headers_match_the_general_computation(limits, raw, tokens, frac) -> None:  # noqa: ANN001
+    from modelyard.limits.base import Window, _headers, allowed_headers
+
+    window = Window()
+    now = 1000 + 61 + frac
+    cur = window.bucket(now)
+    scopes = [(f"s{i}", Limit(r, t)) for i, (r, t) in enumerate(limits)]
+    usage = []
+    for buckets in raw[: len(scopes)]:
+        merged: dict[int, list[int]] = {}
+        for back, r, t in buckets:
+            slot = merged.setdefault(cur - min(back, window.n), [0, 0])
+            slot[0] += r
+            slot[1] += t
+        usage.append([(i, r, t) for i, (r, t) in sorted(merged.items())])
+    totals = [(sum(b[1] for b in u), sum(b[2] for b in u)) for u in usage]
+    assert allowed_headers(scopes, totals, tokens, now, window) == _headers(scopes, usage, totals, tokens, True, now, window)

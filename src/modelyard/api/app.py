@@ -246,12 +246,14 @@ class ModelyardApp:
         task = asyncio.current_task()
         try:
             path = req.path
+            gate = services.gate
             if path.startswith("/v1/"):
-                req.principal = await services.gate.client(req)
+                if gate.enabled:  # without keys every caller is the same anonymous one (principal None)
+                    req.principal = await gate.client(req)
             elif path.startswith(("/admin/", "/spend/")):
-                req.principal = await services.gate.admin(req)
+                req.principal = await gate.admin(req)
             elif path.startswith("/key/"):
-                req.principal = await services.gate.self_or_admin(req)
+                req.principal = await gate.self_or_admin(req)
             methods = self._find(path)
             if methods is None:
                 raise NotFoundError(f"Unknown path {req.path!r}", code="unknown_url")

@@ -82,7 +82,7 @@ class Proxy:
         guard = self._guard
         reservation = None
         tokens = 0
-        if guard is not None:
+        if guard is not None and (principal is not None or group.limit is not None or group.limited):
             scopes = _scopes(principal, group)
             if scopes or group.limited:
                 tokens = estimate_tokens(data, len(raw), self._default_completion)
@@ -123,6 +123,9 @@ class Proxy:
         req.deployment = routed.deployment.name
         self._route_headers(req, routed.group, routed.hops)
         self._count_usage(req, routed.deployment, _usage_of(reply.body))
+        if routed.reservation is None:
+            await req.respond(reply.status, reply.body, content_type=reply.content_type)
+            return
         try:
             await req.respond(reply.status, reply.body, content_type=reply.content_type)
         finally:
@@ -176,7 +179,8 @@ class Proxy:
             if usage is None and relay.content_events:
                 usage = {"completion_tokens": relay.content_events}  # counted: the upstream sent no usage
             self._count_usage(req, routed.deployment, usage)
-            await self._settle(routed.reservation, req)
+            if routed.reservation is not None:
+                await self._settle(routed.reservation, req)
 
     async def _settle(self, reservation: Reservation | None, req: Request) -> None:
         if reservation is not None and self._guard is not None:

@@ -145,8 +145,39 @@ def decide(
                 wait = _time_until_room(buckets, col, used, need, cap, now, window)
                 if which is None or wait > retry:
                     retry, which = wait, f"{name} {dim}"
-    headers = _headers(scopes, usage, totals, estimated_tokens, allowed, now, window)
+    if allowed and estimated_tokens > 0:
+        headers = allowed_headers(scopes, totals, estimated_tokens, now, window)
+    else:
+        headers = _headers(scopes, usage, totals, estimated_tokens, allowed, now, window)
     return Decision(allowed, retry if not allowed else 0.0, which, headers)
+
+
+def allowed_headers(
+    scopes: Sequence[tuple[str, Limit]],
+    totals: Sequence[tuple[int, int]],
+    estimated_tokens: int,
+    now: float,
+    window: Window,
+) -> dict[str, str]:
+    """``_headers`` for an admitted request charging ``estimated_tokens > 0``: the charge lands in
+    the current bucket, so every limited dimension resets when that bucket leaves the window, and
+    only the totals (pre-charge, per scope) matter — no bucket lists needed."""
+    headers: dict[str, str] = {}
+    reset = format_duration(window.expiry(window.bucket(now)) - now)
+    for col, need, suffix in ((0, 1, "requests"), (1, estimated_tokens, "tokens")):
+        best_remaining = best_cap = -1
+        for (_, limit), used in zip(scopes, totals, strict=True):
+            cap = limit.rpm if col == 0 else limit.tpm
+            if cap is None:
+                continue
+            remaining = max(0, cap - used[col] - need)
+            if best_cap < 0 or remaining < best_remaining:
+                best_remaining, best_cap = remaining, cap
+        if best_cap >= 0:
+            headers[f"x-ratelimit-limit-{suffix}"] = str(best_cap)
+            headers[f"x-ratelimit-remaining-{suffix}"] = str(best_remaining)
+            headers[f"x-ratelimit-reset-{suffix}"] = reset
+    return headers
 
 
 def _time_until_room(buckets: Sequence[Bucket], col: int, used: int, need: int, cap: int, now: float, window: Window) -> float:

@@ -10,21 +10,57 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from modelyard.limits.base import Bucket, Decision, Limit, Reservation, Window, check_args, decide
+from modelyard.limits.base import Bucket, Decision, Limit, Reservation, Window, allowed_headers, check_args, decide
 
 Clock = Callable[[], float]
 
 
+class _Scope:
+    """One scope's buckets ``{index: [requests, tokens]}`` (indices ascending: the clock never goes
+    back and charges go to the current bucket) and their running totals."""
+
+    __slots__ = ("buckets", "requests", "tokens")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, list[int]] = {}
+        self.requests = 0
+        self.tokens = 0
+
+    def expire(self, oldest: int) -> None:
+        buckets = self.buckets
+        while buckets:
+            first = next(iter(buckets))
+            if first >= oldest:
+                return
+            r, t = buckets.pop(first)
+            self.requests -= r
+            self.tokens -= t
+
+    def add(self, idx: int, requests: int, tokens: int) -> None:
+        slot = self.buckets.get(idx)
+        if slot is None:
+            self.buckets[idx] = [requests, tokens]
+        else:
+            slot[0] += requests
+            slot[1] += tokens
+        self.requests += requests
+        self.tokens += tokens
+
+
 class MemoryLimiter:
-    """Sliding-window rpm/tpm over per-second buckets (see ``limits.base``); the clock must not go back."""
+    """Sliding-window rpm/tpm over per-second buckets (see ``limits.base``); the clock must not go back.
+
+    Each scope keeps running totals next to its buckets, so an admission that fits is a few integer
+    comparisons per scope (the common case); only a refusal builds the bucket lists that ``decide``
+    needs to say when room comes back.
+    """
 
     __slots__ = ("_clock", "_window", "_scopes", "_swept")
 
     def __init__(self, clock: Clock = time.monotonic, *, window: Window | None = None) -> None:
         self._clock = clock
         self._window = window or Window()
-        # scope → {bucket index: [requests, tokens]}, indices ascending (insertion order, clock monotonic)
-        self._scopes: dict[str, dict[int, list[int]]] = {}
+        self._scopes: dict[str, _Scope] = {}
         self._swept = self._window.bucket(clock())
 
     async def acquire(self, scopes: Sequence[tuple[str, Limit]], estimated_tokens: int) -> tuple[Decision, Reservation | None]:
@@ -38,22 +74,28 @@ class MemoryLimiter:
         cur = window.bucket(now)
         oldest = cur - window.n
         self._sweep(cur)
-        states = [self._scopes.setdefault(name, {}) for name, _ in scopes]
-        usage: list[list[Bucket]] = []
-        for state in states:
-            for idx in [i for i in state if i < oldest]:
-                del state[idx]
-            usage.append([(idx, r, t) for idx, (r, t) in state.items()])
-        decision = decide(scopes, usage, estimated_tokens, now, window)
+        states = []
+        fits = True
+        for name, limit in scopes:
+            state = self._scopes.get(name)
+            if state is None:
+                state = self._scopes[name] = _Scope()
+            state.expire(oldest)
+            states.append(state)
+            if (limit.rpm is not None and state.requests + 1 > limit.rpm) or (
+                limit.tpm is not None and state.tokens + estimated_tokens > limit.tpm
+            ):
+                fits = False
+        if fits and estimated_tokens > 0:
+            decision = Decision(True, 0.0, None, allowed_headers(
+                scopes, [(st.requests, st.tokens) for st in states], estimated_tokens, now, window))
+        else:
+            usage: list[list[Bucket]] = [[(idx, r, t) for idx, (r, t) in st.buckets.items()] for st in states]
+            decision = decide(scopes, usage, estimated_tokens, now, window)
         if not decision.allowed:
             return decision, None
         for state in states:
-            slot = state.get(cur)
-            if slot is None:
-                state[cur] = [1, estimated_tokens]
-            else:
-                slot[0] += 1
-                slot[1] += estimated_tokens
+            state.add(cur, 1, estimated_tokens)
         return decision, Reservation(tuple(name for name, _ in scopes), cur, estimated_tokens)
 
     async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
@@ -71,17 +113,17 @@ class MemoryLimiter:
             return
         cur = self._window.bucket(self._clock())
         for name in reservation.scopes:
-            state = self._scopes.setdefault(name, {})
+            state = self._scopes.get(name)
+            if state is None:
+                state = self._scopes[name] = _Scope()
             if delta < 0:
-                slot = state.get(reservation.bucket)
+                slot = state.buckets.get(reservation.bucket)
                 if slot is not None and reservation.bucket >= cur - self._window.n:
-                    slot[1] -= min(slot[1], -delta)
+                    refund = min(slot[1], -delta)
+                    slot[1] -= refund
+                    state.tokens -= refund
             else:
-                slot = state.get(cur)
-                if slot is None:
-                    state[cur] = [0, delta]
-                else:
-                    slot[1] += delta
+                state.add(cur, 0, delta)
 
     async def aclose(self) -> None:
         self._scopes.clear()
@@ -92,5 +134,5 @@ class MemoryLimiter:
             return
         self._swept = cur
         oldest = cur - self._window.n
-        for name in [name for name, state in self._scopes.items() if not state or next(reversed(state)) < oldest]:
+        for name in [n for n, st in self._scopes.items() if not st.buckets or next(reversed(st.buckets)) < oldest]:
             del self._scopes[name]

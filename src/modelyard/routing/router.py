@@ -72,11 +72,7 @@ class ModelGroup:
     price: Price | None
     created: int
     limit: Limit | None = None  # the model's rpm/tpm, all callers together
-
-    @property
-    def limited(self) -> bool:
-        """Does any deployment have its own rpm/tpm (so requests need a token estimate)?"""
-        return any(d.limit is not None for d in self.deployments)
+    limited: bool = False  # some deployment has its own rpm/tpm (requests need a token estimate)
 
 
 @dataclass(eq=False)
@@ -172,6 +168,7 @@ class Router:
             price=m.price,
             created=created,
             limit=Limit(m.rpm, m.tpm) if m.rpm is not None or m.tpm is not None else None,
+            limited=any(d.limit is not None for d in slots),
         )
 
     # --- lookup --------------------------------------------------------------------------------
@@ -209,8 +206,7 @@ class Router:
 
     async def _within_limit(self, dep: DeploymentSlot, ticket: Ticket, tokens: int) -> tuple[bool, Reservation | None, float]:
         """Charge the deployment's own rpm/tpm; refused → the ticket is given back unused."""
-        if dep.limit is None or self._guard is None:
-            return True, None, 0.0
+        assert dep.limit is not None and self._guard is not None
         try:
             decision, reservation = await self._guard.check(((f"deployment:{dep.name}", dep.limit),), tokens)
         except BaseException:
@@ -256,11 +252,13 @@ class Router:
                 if chosen is None:
                     break
                 dep, ticket = chosen
-                within, reservation, wait = await self._within_limit(dep, ticket, tokens)
-                if not within:
-                    limited.add(dep)
-                    limit_wait = wait if limit_wait is None else min(limit_wait, wait)
-                    continue
+                reservation = None
+                if dep.limit is not None and self._guard is not None:
+                    within, reservation, wait = await self._within_limit(dep, ticket, tokens)
+                    if not within:
+                        limited.add(dep)
+                        limit_wait = wait if limit_wait is None else min(limit_wait, wait)
+                        continue
                 attempt += 1
                 if attempt > 1:
                     retries += 1
