@@ -20,7 +20,8 @@ import time
 import uuid
 from pathlib import Path
 
-from modelyard.accounting.store import DAY_US, SpendStore, to_us
+from modelyard.accounting.store import DAY_US, SpendStore
+from modelyard.epoch import to_us
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 COLS = ("request_id", "ts_us", "key_hash", "team", "model", "deployment", "prompt_tokens", "completion_tokens",

@@ -14,20 +14,11 @@ import click
 
 from modelyard.accounting.cli import spend as spend_group
 from modelyard.auth.cli import keys as keys_group
-from modelyard.config.loader import LoadResult, load_settings
-from modelyard.errors import ConfigError
+from modelyard.clitools import load_or_exit
 from modelyard.registry.cli import models as models_group
 
 
-def _load(path: str, environ: dict[str, str] | None = None) -> LoadResult:
-    try:
-        result = load_settings(path, environ=environ)
-    except ConfigError as exc:
-        click.echo(f"error: {exc.message}", err=True)
-        sys.exit(2)
-    for w in result.warnings:
-        click.echo(f"warning: {w}", err=True)
-    return result
+_load = load_or_exit
 
 
 @contextlib.contextmanager

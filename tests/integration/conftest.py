@@ -71,6 +71,40 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
+async def pg_admin():  # noqa: ANN201
+    """An admin connection to PostgreSQL; skip (or, with CI=true, fail) when there is none."""
+    import asyncio
+
+    import asyncpg
+
+    from .services import PG_ADMIN, missing
+
+    try:
+        conn = await asyncpg.connect(PG_ADMIN, timeout=3)
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        missing(f"PostgreSQL not reachable at {PG_ADMIN} ({exc.__class__.__name__}: {exc}); set MODELYARD_TEST_PG")
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def pg_db(pg_admin):  # noqa: ANN001, ANN201
+    """A fresh temporary database of this test's own: (name, SQLAlchemy URL), dropped afterwards."""
+    import uuid
+
+    from .services import PG_ADMIN
+
+    name = f"modelyard_it_{uuid.uuid4().hex[:12]}"
+    await pg_admin.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN.replace("postgresql://", "postgresql+asyncpg://", 1).rsplit("/", 1)[0]
+    try:
+        yield name, f"{base}/{name}"
+    finally:
+        await pg_admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')  # a test may have closed it
+        await pg_admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
 def pg_database() -> Iterator[str]:
     """A fresh PostgreSQL database of this test's own (SQLAlchemy URL), dropped afterwards."""
     import uuid

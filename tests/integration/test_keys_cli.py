@@ -17,7 +17,6 @@ from modelyard.auth.ring import KeyRing
 from modelyard.auth.store import KeyStore
 from modelyard.db import Database, sqlite_url
 
-from .test_key_store import pg_admin, pg_db  # noqa: F401 - fixtures
 
 MODELYARD = Path(sys.executable).with_name("modelyard")
 
@@ -127,7 +126,7 @@ def test_unreachable_database_exits_1(home, tmp_path):
     assert r.stderr.startswith("error: ") and "127.0.0.1:1" in r.stderr and "Traceback" not in r.stderr
 
 
-async def test_postgresql_through_the_config(home, tmp_path, pg_db):  # noqa: F811 - the fixture
+async def test_postgresql_through_the_config(home, tmp_path, pg_db):
     _, url = pg_db
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"database:\n  url: {url}\n")

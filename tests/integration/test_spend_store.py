@@ -9,49 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 import sqlite3
-import uuid
 from decimal import Decimal
 
-import asyncpg
 import pytest
 
 from modelyard.accounting.store import SpendRow, SpendStore, SpendStoreError
 from modelyard.accounting.writer import SpendWriter
 from modelyard.testing.clock import ManualClock
 
-PG_ADMIN = os.environ.get("MODELYARD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 UTC = dt.timezone.utc
 T0 = dt.datetime(2025, 3, 1, tzinfo=UTC)
 
 
 
-@pytest.fixture
-async def pg_admin():
-    """An admin connection to PostgreSQL; skip (or, with CI=true, fail) when there is none."""
-    try:
-        conn = await asyncpg.connect(PG_ADMIN, timeout=3)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
-        reason = f"PostgreSQL not reachable at {PG_ADMIN} ({exc.__class__.__name__}: {exc}); set MODELYARD_TEST_PG"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason} — CI=true requires PostgreSQL")
-        pytest.skip(reason)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
-async def pg_db(pg_admin):
-    """A fresh temporary database: (name, SQLAlchemy URL)."""
-    name = f"modelyard_spend_{uuid.uuid4().hex[:12]}"
-    await pg_admin.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN.replace("postgresql://", "postgresql+asyncpg://", 1).rsplit("/", 1)[0]
-    try:
-        yield name, f"{base}/{name}"
-    finally:
-        await pg_admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        await pg_admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

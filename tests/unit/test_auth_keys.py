@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from modelyard.epoch import to_us
 from modelyard.auth.keys import (
     KEY_PREFIX,
     Duration,
@@ -20,7 +21,6 @@ from modelyard.auth.keys import (
     parse_duration,
     period_bounds,
     split_key,
-    to_us,
     verify,
 )
 

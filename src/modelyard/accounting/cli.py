@@ -12,18 +12,17 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from modelyard.accounting.pricing import NANO
 from modelyard.accounting.store import GROUPS, ReportRow, SpendStore
-from modelyard.config.schema import Settings
-from modelyard.db import Database, DatabaseError, sqlite_url
+from modelyard.clitools import fail, settings_or_defaults
+from modelyard.db import Database, DatabaseError, database_url
 from modelyard.errors import ConfigError
 
 UTC = dt.timezone.utc
@@ -61,30 +60,7 @@ def totals(rows: Sequence[ReportRow]) -> Totals:
     )
 
 
-def _fail(message: str, status: int) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(status)
 
-
-def _settings(config_path: str | None) -> Settings:
-    """The config's settings (warnings on stderr, as ``modelyard validate`` prints them), or the defaults."""
-    if config_path is None:
-        return Settings()
-    from modelyard.config.loader import load_settings
-
-    try:
-        result = load_settings(config_path)
-    except ConfigError as exc:
-        _fail(exc.message, 2)
-    for w in result.warnings:
-        click.echo(f"warning: {w}", err=True)
-    return result.settings
-
-
-def database_url(settings: Settings) -> str:
-    from modelyard.backends.local_models import data_dir
-
-    return settings.database.url or sqlite_url(data_dir(settings) / "modelyard.db")
 
 
 def _when(_ctx: click.Context, _param: click.Parameter, value: str | None) -> dt.datetime | None:
@@ -262,19 +238,19 @@ def report(
 ) -> None:
     """Requests, errors, tokens and cost per group over a time window, with a total."""
     start, end = window(since, until, days, dt.datetime.now(UTC))
-    url = database_url(_settings(config_path))
+    url = database_url(settings_or_defaults(config_path))
     try:
         shown = Database(url).url.render_as_string(hide_password=True)  # validates the URL; no connection yet
     except ConfigError as exc:
-        _fail(exc.message, 2)
+        fail(exc.message, 2)
     try:
         rows = asyncio.run(fetch(url, start, end, group_by, timeout_s))
     except DatabaseError as exc:
-        _fail(f"cannot read spend from {shown}: {_one_line(exc.message)}", 1)
+        fail(f"cannot read spend from {shown}: {_one_line(exc.message)}", 1)
     except TimeoutError:  # asyncio.wait_for's (the driver's own timeouts are DatabaseErrors)
-        _fail(f"cannot read spend from {shown}: no answer within {timeout_s:g} s", 1)
+        fail(f"cannot read spend from {shown}: no answer within {timeout_s:g} s", 1)
     except Exception as exc:  # noqa: BLE001 - a driver error the store does not wrap: still one line, no traceback
-        _fail(f"cannot read spend from {shown}: {exc.__class__.__name__}: {_one_line(str(exc))}", 1)
+        fail(f"cannot read spend from {shown}: {exc.__class__.__name__}: {_one_line(str(exc))}", 1)
     if json_out:
         click.echo(json.dumps(as_json(rows, start, end, group_by), indent=2))
     else:

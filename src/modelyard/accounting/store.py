@@ -42,13 +42,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from modelyard.db import Database, DatabaseError
+from modelyard.epoch import EPOCH, from_us, to_us
 from modelyard.errors import InvalidRequestError
 
 from .pricing import NANO, from_nano, to_nano
 
 UTC = dt.timezone.utc
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
-_US = dt.timedelta(microseconds=1)
 DAY_US = 86_400_000_000
 MAX_LOGS_LIMIT = 1000
 
@@ -59,16 +58,6 @@ class SpendStoreError(DatabaseError):
     status = 503
     type = "server_error"
     code = "spend_store_unavailable"
-
-
-def to_us(ts: dt.datetime) -> int:
-    if ts.tzinfo is None:
-        raise ValueError("spend timestamps must be timezone-aware (UTC)")
-    return (ts - _EPOCH) // _US
-
-
-def from_us(us: int) -> dt.datetime:
-    return _EPOCH + dt.timedelta(microseconds=int(us))
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,7 +328,7 @@ class SpendStore:
             group: dict[str, Any] = {}
             for i, g in enumerate(group_by):
                 v = r[i]
-                group[g] = (_EPOCH + dt.timedelta(days=int(v))).date().isoformat() if g == "day" else v
+                group[g] = (EPOCH + dt.timedelta(days=int(v))).date().isoformat() if g == "day" else v
             requests, errs = int(r.requests), int(r.errors)
             total = from_nano(int(r.cost_nano))
             ok = requests - errs

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 import orjson
 
-from modelyard.config.schema import Settings
-from modelyard.db import Database, DatabaseError, sqlite_url
+from modelyard.clitools import fail, settings_or_defaults
+from modelyard.db import Database, DatabaseError, database_url
 from modelyard.errors import ConfigError
 
 from .keys import ID_HEX, KEY_PREFIX, KeyFieldError, VirtualKey, new_key, split_key
@@ -42,38 +41,16 @@ _OPTIONS = {
 }
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
 
-
-def _settings(config_path: str | None) -> Settings:
-    if config_path is None:
-        return Settings()
-    from modelyard.config.loader import load_settings
-
-    try:
-        result = load_settings(config_path)
-    except ConfigError as exc:
-        _fail(exc.message, 2)
-    for w in result.warnings:
-        click.echo(f"warning: {w}", err=True)
-    return result.settings
-
-
-def _database_url(settings: Settings) -> str:
-    from modelyard.backends.local_models import data_dir  # heavy: only when a command runs
-
-    return settings.database.url or sqlite_url(data_dir(settings) / "modelyard.db")
 
 
 def _with_store(config_path: str | None, fn: Callable[[KeyStore], Awaitable[T]]) -> T:
     """Open the configured database (migrations first), run ``fn(store)``, close; exit 1 on failure."""
-    url = _database_url(_settings(config_path))
+    url = database_url(settings_or_defaults(config_path))
     try:
         db = Database(url)
     except ConfigError as exc:
-        _fail(exc.message, 2)
+        fail(exc.message, 2)
 
     async def run() -> T:
         try:
@@ -85,9 +62,9 @@ def _with_store(config_path: str | None, fn: Callable[[KeyStore], Awaitable[T]])
     try:
         return asyncio.run(run())
     except DatabaseError as exc:  # KeyStoreError included
-        _fail(f"{exc.message} (database: {db.url.render_as_string(hide_password=True)})", 1)
+        fail(f"{exc.message} (database: {db.url.render_as_string(hide_password=True)})", 1)
     except (ImportError, OSError) as exc:  # e.g. PostgreSQL URL without asyncpg installed, unwritable dir
-        _fail(f"cannot open the database: {exc.__class__.__name__}: {exc}", 1)
+        fail(f"cannot open the database: {exc.__class__.__name__}: {exc}", 1)
 
 
 def _config_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -214,4 +191,4 @@ def revoke(config_path: str | None, keys_or_ids: tuple[str, ...]) -> None:
         if i not in done and i not in unknown:
             click.echo(f"{i} was already revoked", err=True)
     if unknown:
-        _fail("no such key: " + ", ".join(unknown), 1)
+        fail("no such key: " + ", ".join(unknown), 1)

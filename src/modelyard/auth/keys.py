@@ -26,14 +26,14 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
+from modelyard.epoch import to_us
+
 KEY_PREFIX = "sk-my-"
 ID_HEX = 12
 SECRET_HEX = 48
 KEY_LENGTH = len(KEY_PREFIX) + ID_HEX + SECRET_HEX  # 66
 
 UTC = dt.timezone.utc
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
-_US = dt.timedelta(microseconds=1)
 _HEX = frozenset("0123456789abcdef")
 _NANO = Decimal("0.000000001")
 
@@ -131,17 +131,6 @@ def period_bounds(anchor: dt.datetime, d: Duration, now: dt.datetime) -> tuple[d
     while _add_months(anchor, (k + 1) * d.amount) <= now:  # not reached by the arithmetic above; a guard
         k += 1
     return _add_months(anchor, k * d.amount), _add_months(anchor, (k + 1) * d.amount)
-
-
-def to_us(t: dt.datetime) -> int:
-    """Microseconds since the epoch of an aware datetime (the store's and ``updated_us``'s unit)."""
-    if t.tzinfo is None:
-        raise ValueError("timestamps must be timezone-aware (UTC)")
-    return (t - _EPOCH) // _US
-
-
-def from_us(us: int) -> dt.datetime:
-    return _EPOCH + dt.timedelta(microseconds=int(us))
 
 
 # --- the key ----------------------------------------------------------------------------------

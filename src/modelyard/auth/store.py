@@ -31,7 +31,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from modelyard.db import Database, DatabaseError
 
-from .keys import VirtualKey, from_us, to_us
+from modelyard.epoch import from_us, to_us
+
+from .keys import VirtualKey
 
 log = logging.getLogger("modelyard.auth")
 

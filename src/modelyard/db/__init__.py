@@ -8,7 +8,7 @@ so one pool and one migration run serve them all.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -18,6 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from modelyard.errors import ConfigError, ModelyardError
 
 from . import migrations
+
+if TYPE_CHECKING:
+    from modelyard.config.schema import Settings
 
 
 class DatabaseError(ModelyardError):
@@ -30,6 +33,13 @@ class DatabaseError(ModelyardError):
 
 def sqlite_url(path: Path | str) -> str:
     return f"sqlite+aiosqlite:///{path}"
+
+
+def database_url(settings: Settings) -> str:
+    """The configured database: ``database.url``, else SQLite at ``<data_dir>/modelyard.db``."""
+    from modelyard.backends.local_models import data_dir  # heavy: only when a database is opened
+
+    return settings.database.url or sqlite_url(data_dir(settings) / "modelyard.db")
 
 
 class Database:
