@@ -30,7 +30,7 @@ from modelyard.accounting.store import SpendRow, SpendStore
 from modelyard.accounting.writer import SpendWriter
 from modelyard.backends.base import Backend
 from modelyard.backends.local_models import LocalModels, build_local_models, data_dir, has_local
-from modelyard.db import Database, sqlite_url
+from modelyard.db import Database, database_url
 from modelyard.config.schema import Deployment, LocalDeployment, ProcessDeployment, Settings
 from modelyard.memory.manager import MemoryManager
 from modelyard.api.sse import error_event
@@ -127,7 +127,7 @@ def build_services(settings: Settings, *, access_log: AccessLog | None = None, c
     if settings.spend.enabled or master_key:
         home = data_dir(settings)
         home.mkdir(parents=True, exist_ok=True)
-        db = Database(settings.database.url or sqlite_url(home / "modelyard.db"))
+        db = Database(database_url(settings))
         if settings.spend.enabled:
             spend_store = SpendStore(db)
             spend = SpendWriter(spend_store, spool_path=home / "spend.spool", flush_interval_s=settings.spend.flush_interval_s)
