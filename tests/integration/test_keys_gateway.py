@@ -216,6 +216,7 @@ def test_key_rpm_limit_429_with_headers(gw: Gateway) -> None:
     # another key is not affected
     other, _ = generate(gw, rpm_limit=3)
     assert chat(gw, other).status_code == 200
+    assert (gw.metric("modelyard_rate_limited_total", model="chat", scope="key") or 0) >= 2
 
 
 def test_key_tpm_estimate_then_settle(gw: Gateway) -> None:
@@ -248,6 +249,7 @@ def test_deployment_at_its_limit_is_skipped(gw: Gateway, upstreams: tuple[MockUp
     assert statuses == [200] * 6  # never the client's problem while a deployment has room
     got_a, got_b = a.stats()["requests"] - before_a, b.stats()["requests"] - before_b
     assert got_a == 2 and got_b == 4, (got_a, got_b)
+    assert (gw.metric("modelyard_rate_limited_total", model="split", scope="deployment") or 0) >= 1  # skips counted
     # a model whose only deployment is at its limit: 429 with Retry-After
     assert chat(gw, MASTER, "tiny").status_code == 200
     r = chat(gw, MASTER, "tiny")
@@ -278,6 +280,7 @@ def test_budget_exhausted_mid_traffic(gw: Gateway) -> None:
     assert int(refused.response.headers["retry-after"]) > 86_400  # about 30 days
     # it stays refused, on every model; the spend rows add up to at least the budget
     assert_error(chat(gw, key, "chat"), 429, code="budget_exceeded")
+    assert (gw.metric("modelyard_budget_exceeded_total") or 0) >= 2
     rows = wait_until(
         lambda: (lambda d: d if len(d) == served else None)(
             gw.http.get("/spend/logs", params={"key_hash": body["token"]}, headers=admin(gw)).json()["data"]

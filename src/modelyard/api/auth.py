@@ -78,8 +78,10 @@ class Gate:
         budgets: Budgets | None,
         *,
         now: WallClock = _utcnow,
+        on_budget_exceeded: Callable[[], None] | None = None,
     ) -> None:
         self._master = _digest(master_key) if master_key else None
+        self._on_budget_exceeded = on_budget_exceeded
         self._ring = ring
         self._budgets = budgets
         self._now = now
@@ -149,6 +151,8 @@ class Gate:
         spent = await self._budgets.spent(key, now)
         if spent < to_nano(key.max_budget):
             return
+        if self._on_budget_exceeded is not None:
+            self._on_budget_exceeded()
         _, end = period_of(key, now)
         name = key.display() + (f" ({key.alias})" if key.alias else "")
         if key.budget_duration is None:

@@ -87,7 +87,7 @@ class Proxy:
             if scopes or group.limited:
                 tokens = estimate_tokens(data, len(raw), self._default_completion)
             if scopes:
-                decision, reservation = await guard.admit(scopes, tokens)
+                decision, reservation = await guard.admit(scopes, tokens, model=group.name)
                 if decision is not None:
                     req.extra_headers.extend((k.encode(), v.encode()) for k, v in decision.headers.items())
         try:

@@ -15,6 +15,7 @@ from typing import Any
 
 from modelyard.errors import RateLimitedError
 from modelyard.limits.base import Decision, Limit, Limiter, LimiterUnavailableError, Reservation
+from modelyard.observability.metrics import Metrics
 
 log = logging.getLogger("modelyard.limits")
 
@@ -36,17 +37,25 @@ def estimate_tokens(data: Mapping[str, Any], body_bytes: int, default_completion
 
 
 class RateGuard:
-    def __init__(self, limiter: Limiter, *, fail_open: bool = True, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self, limiter: Limiter, *, fail_open: bool = True, clock: Any = time.monotonic, metrics: Metrics | None = None
+    ) -> None:
         self.limiter = limiter
+        self._metrics = metrics
         self._fail_open = fail_open
         self._clock = clock
         self._last_warn = float("-inf")
         self.unavailable = 0  # decisions made without the limiter (fail-open), for metrics
 
-    async def admit(self, scopes: Scopes, estimated_tokens: int) -> tuple[Decision | None, Reservation | None]:
+    async def admit(
+        self, scopes: Scopes, estimated_tokens: int, *, model: str = ""
+    ) -> tuple[Decision | None, Reservation | None]:
         """Admit and charge every scope, or raise ``RateLimitedError`` naming the limit."""
         decision, reservation = await self.check(scopes, estimated_tokens)
         if decision is not None and not decision.allowed:
+            if self._metrics is not None:
+                kind = (decision.which or "?").partition(":")[0]
+                self._metrics.rate_limited.labels(model, kind).inc()
             raise _refusal(decision, scopes, estimated_tokens)
         return decision, reservation
 
@@ -66,10 +75,14 @@ class RateGuard:
             await self.limiter.settle(reservation, max(0, actual_tokens))
         except LimiterUnavailableError as exc:  # the request is served; only the count is off
             self.unavailable += 1
+            if self._metrics is not None:
+                self._metrics.limiter_unavailable.inc()
             self._warn(exc)
 
     def _unavailable(self, exc: LimiterUnavailableError) -> None:
         self.unavailable += 1
+        if self._metrics is not None:
+            self._metrics.limiter_unavailable.inc()
         self._warn(exc)
         if not self._fail_open:
             raise LimiterUnavailableError(

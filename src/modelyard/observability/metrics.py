@@ -56,6 +56,16 @@ class Metrics:
             "modelyard_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open",
             ["model", "deployment"], registry=r,
         )
+        self.rate_limited = Counter(
+            "modelyard_rate_limited", "Requests refused (or deployments skipped) at an rpm/tpm limit",
+            ["model", "scope"], registry=r,  # scope: key | model | deployment
+        )
+        self.budget_exceeded = Counter(
+            "modelyard_budget_exceeded", "Requests refused because their key's budget is spent", registry=r,
+        )
+        self.limiter_unavailable = Counter(
+            "modelyard_limiter_unavailable", "Limit checks the limiter's store (Redis) could not answer", registry=r,
+        )
 
         self._request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 

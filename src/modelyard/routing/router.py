@@ -214,6 +214,7 @@ class Router:
             raise
         if decision is not None and not decision.allowed:
             dep.breaker.record_abandoned(ticket)
+            self._metrics.rate_limited.labels(dep.model, "deployment").inc()
             return False, None, decision.retry_after_s
         return True, reservation, 0.0
 
