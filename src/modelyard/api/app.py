@@ -145,7 +145,7 @@ def build_services(settings: Settings, *, access_log: AccessLog | None = None, c
         budgets: Budgets = RedisBudgets(redis, seed, prefix=lim.redis_prefix + "budget:", fail_open=lim.fail_open)
     else:
         limiter, budgets = MemoryLimiter(), MemoryBudgets(seed)
-    guard = RateGuard(limiter, fail_open=lim.fail_open)
+    guard = RateGuard(limiter, fail_open=lim.fail_open, metrics=metrics)
     router = Router(settings, backend_for, metrics, clock=clock, guard=guard)
     return Services(
         settings=settings,
@@ -155,7 +155,7 @@ def build_services(settings: Settings, *, access_log: AccessLog | None = None, c
         proxy=Proxy(router, metrics, clock, guard=guard, default_completion_tokens=lim.default_completion_tokens),
         access_log=access_log or AccessLog(enabled=settings.server.access_log),
         clock=clock,
-        gate=Gate(master_key, ring, budgets),
+        gate=Gate(master_key, ring, budgets, on_budget_exceeded=metrics.budget_exceeded.inc),
         guard=guard,
         local=local,
         spend=spend,
