@@ -72,8 +72,12 @@ def is_loopback(host: str) -> bool:
 def exposure_problem(
     host: str, settings: Settings, environ: Mapping[str, str], *, allow_unauthenticated: bool = False
 ) -> str | None:
-    """Why serving on ``host`` would be unsafe (no key configured and not loopback), or None."""
-    if is_loopback(host) or settings.auth.master_key or environ.get("MODELYARD_MASTER_KEY"):
+    """Why serving on ``host`` would be unsafe (no key configured and not loopback; a master key
+    from the environment too short to be one), or None."""
+    env_key = environ.get("MODELYARD_MASTER_KEY")
+    if env_key is not None and not settings.auth.master_key and len(env_key.strip()) < 8:
+        return "MODELYARD_MASTER_KEY is set but shorter than 8 characters; use a long random key (or unset it)"
+    if is_loopback(host) or settings.auth.master_key or env_key:
         return None
     if allow_unauthenticated or settings.auth.allow_unauthenticated:
         return None

@@ -286,3 +286,5 @@ def test_exposure_problem() -> None:
     assert exposure_problem("0.0.0.0", bare, {}, allow_unauthenticated=True) is None
     assert exposure_problem("0.0.0.0", Settings(auth={"master_key": "k" * 12}), {}) is None
     assert exposure_problem("0.0.0.0", Settings(auth={"allow_unauthenticated": True}), {}) is None
+    assert "shorter than 8" in (exposure_problem("127.0.0.1", bare, {"MODELYARD_MASTER_KEY": "abc"}) or "")
+    assert "shorter than 8" in (exposure_problem("127.0.0.1", bare, {"MODELYARD_MASTER_KEY": ""}) or "")
