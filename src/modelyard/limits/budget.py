@@ -11,7 +11,9 @@ accepted by the writer, so counter and store agree up to the rows still in the w
 * ``RedisBudgets``: one counter per (key, period) in Redis, ``INCRBY`` in nano-units (exact
   integers, no float drift), seeded with ``SET NX`` from the store when absent (first use, expiry,
   a Redis restart). An ``add`` on an absent counter is dropped, since the next seed reads the row
-  from the store instead (missing at most the rows not yet flushed, one flush interval).
+  from the store instead (missing at most the rows not yet flushed, one flush interval). Commands
+  go through ``limits.resp.RespClient``, the limiter's client: ``add`` writes its command and
+  returns (no task per request); its errors are logged, never raised into the request.
 
 A budget is checked before a request and charged after it, so concurrent requests in flight when
 the budget runs out may overshoot it by their own cost; the next request is refused.
@@ -24,6 +26,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from modelyard.auth.keys import VirtualKey, parse_duration, period_bounds
@@ -31,7 +34,7 @@ from modelyard.db import DatabaseError
 from modelyard.limits.base import LimiterUnavailableError
 
 if TYPE_CHECKING:
-    import redis.asyncio as aioredis
+    from modelyard.limits.resp import RespClient, Script
 
 log = logging.getLogger("modelyard.budget")
 
@@ -140,15 +143,18 @@ return nil
 
 
 class RedisBudgets:
-    """Counters shared by every replica through Redis."""
+    """Counters shared by every replica through Redis (``limits.resp`` needs ``hiredis``, an
+    optional dependency, hence its imports inside the methods)."""
 
-    def __init__(self, client: aioredis.Redis, seed: Seed, *, prefix: str = "modelyard:budget:", fail_open: bool = True) -> None:
+    def __init__(self, client: RespClient, seed: Seed, *, prefix: str = "modelyard:budget:", fail_open: bool = True) -> None:
+        from modelyard.limits.resp import Script
+
         self._redis = client
         self._seeder = _Seeder(seed)
         self._prefix = prefix
         self._fail_open = fail_open
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._incr = client.register_script(_INCR_IF_EXISTS)
+        self._pending: set[asyncio.Future[Any]] = set()  # adds sent (or reloading), not yet answered
+        self._incr: Script = Script(_INCR_IF_EXISTS)
         self._last_warn = float("-inf")
 
     def _name(self, key: VirtualKey, start: dt.datetime) -> str:
@@ -160,19 +166,21 @@ class RedisBudgets:
         return max(60, int((end - start).total_seconds()) + 86_400)
 
     async def spent(self, key: VirtualKey, now: dt.datetime) -> int:
-        from redis.exceptions import RedisError
+        from modelyard.limits.resp import RespError
 
         start, end = period_of(key, now)
         name = self._name(key, start)
         try:
-            value = await self._redis.get(name)
+            value = await self._redis.execute(b"GET", name)
             if value is not None:
                 return int(value)
             seeded = await self._seeder(key.id, start)
-            await self._redis.set(name, seeded, nx=True, ex=self._ttl_s(start, end))
-            value = await self._redis.get(name)
+            # Another replica may seed (or add) between the two: GET returns whatever won.
+            _, value = await self._redis.execute_many(
+                [(b"SET", name, seeded, b"NX", b"EX", self._ttl_s(start, end)), (b"GET", name)]
+            )
             return int(value) if value is not None else seeded
-        except RedisError as exc:
+        except RespError as exc:
             self._warn(exc)
             if not self._fail_open:
                 raise LimiterUnavailableError(f"budget counters unavailable: {exc.__class__.__name__}") from exc
@@ -182,16 +190,33 @@ class RedisBudgets:
         if cost_nano <= 0:
             return
         name = self._name(key, period_of(key, now)[0])
-        task = asyncio.get_running_loop().create_task(self._add(name, cost_nano))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        incr = self._incr
+        fut = self._redis.send_many([(b"EVALSHA", incr.sha, 1, name, cost_nano)])[0]
+        self._pending.add(fut)
+        fut.add_done_callback(partial(self._added, name, cost_nano))
 
-    async def _add(self, name: str, cost_nano: int) -> None:
-        from redis.exceptions import RedisError
+    def _added(self, name: str, cost_nano: int, fut: asyncio.Future[Any]) -> None:
+        from modelyard.limits.resp import NoScriptError
+
+        self._pending.discard(fut)
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            return
+        if isinstance(exc, NoScriptError):  # first use on this server, SCRIPT FLUSH, a restart
+            task = asyncio.get_running_loop().create_task(self._add_loading(name, cost_nano))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        else:  # the row is in the store; the next seed after expiry counts it
+            self._warn(exc)
+
+    async def _add_loading(self, name: str, cost_nano: int) -> None:
+        from modelyard.limits.resp import RespError
 
         try:
-            await self._incr(keys=[name], args=[cost_nano])
-        except RedisError as exc:  # the row is in the store; the next seed after expiry counts it
+            await self._redis.run_script(self._incr, [name], [cost_nano])
+        except RespError as exc:
             self._warn(exc)
 
     def _warn(self, exc: Exception) -> None:
@@ -201,5 +226,8 @@ class RedisBudgets:
             log.warning("budget counters in Redis unavailable: %s: %s", exc.__class__.__name__, exc)
 
     async def aclose(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Wait for the adds still in flight (the client is closed by its owner, after this)."""
+        while self._pending:
+            waiting = list(self._pending)
+            await asyncio.gather(*waiting, return_exceptions=True)
+            self._pending.difference_update(waiting)  # a NOSCRIPT retry may have added a task
