@@ -316,6 +316,26 @@ async def test_find_fresh_right_after_a_refresh_still_finds_a_new_key(replicas):
     await ring_b.aclose()
 
 
+async def test_find_fresh_when_timers_wake_early(replicas):
+    """Event loops may end a sleep slightly early (uvloop's timers have 1 ms resolution): the wait
+    for the next allowed refresh must not spin until its attempts run out (it did: 401s for a
+    valid key made on another replica, seen through two gateway processes)."""
+    store_a, store_b = KeyStore(await replicas()), KeyStore(await replicas())
+    clock = ManualClock()
+
+    async def early_sleep(delay: float) -> None:
+        clock.advance(max(0.0, delay - 0.0009))
+
+    ring_b = KeyRing(store_b, refresh_interval_s=SLOW, clock=clock, miss_refresh_min_s=0.25, sleep=early_sleep)
+    await ring_b.start()
+    clock.advance(0.05)  # the miss comes 50 ms after the last refresh began
+    plain, k = key()
+    await store_a.create(k)
+    found = await asyncio.gather(*(ring_b.find_fresh(plain) for _ in range(15)))
+    assert all(f is not None and f.id == k.id for f in found)
+    await ring_b.aclose()
+
+
 async def test_background_refresh_picks_up_creates_and_revocations(replicas):
     store_a, store_b = KeyStore(await replicas()), KeyStore(await replicas())
     ring_b = KeyRing(store_b, refresh_interval_s=0.05)

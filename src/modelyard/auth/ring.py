@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from .keys import VirtualKey, split_key, verify
 from .store import KeyStore, KeyStoreError
@@ -58,6 +58,7 @@ class KeyRing:
         miss_refresh_min_s: float = 0.25,
         overlap_s: float = 30.0,
         log_every_s: float = 60.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if refresh_interval_s <= 0 or miss_refresh_min_s < 0 or overlap_s < 0:
             raise ValueError("refresh_interval_s must be > 0; miss_refresh_min_s and overlap_s >= 0")
@@ -65,6 +66,7 @@ class KeyRing:
         self._interval = refresh_interval_s
         self._clock = clock
         self._miss_min = miss_refresh_min_s
+        self._sleep = sleep  # the miss path's waits (the refresh loop's own interval uses asyncio.sleep)
         self._overlap_us = int(overlap_s * 1_000_000)
         self._log_every = log_every_s
         self._keys: dict[str, VirtualKey] = {}
@@ -144,8 +146,8 @@ class KeyRing:
             if last is not None and last >= t_miss:
                 return self.find(plaintext)  # one that began after the miss has completed
             wait = (last + self._miss_min - self._clock()) if last is not None else 0.0
-            if wait > 0:
-                await asyncio.sleep(wait)
+            if wait > 0.002:  # event loops may wake a little early (uvloop: 1 ms timers): no busy re-sleeps
+                await self._sleep(wait + 0.001)
                 continue
             try:
                 await self.refresh()

@@ -1,6 +1,7 @@
 """rpm/tpm rate limiting: one ``Limiter`` protocol, an in-memory and a Redis implementation.
 
-``RedisLimiter`` is imported lazily so that ``redis`` stays an optional dependency.
+``RedisLimiter`` is imported lazily so that ``hiredis`` (the ``redis`` extra: the parser of
+``limits.resp``, modelyard's own Redis client) stays an optional dependency.
 """
 
 from __future__ import annotations
