@@ -71,7 +71,7 @@ async def timed(label: str, fn, repeat: int) -> None:
 
 
 async def bench(name: str, store: SpendStore, loader, n: int, repeat: int) -> None:
-    print(f"{name}: {store.url.render_as_string(hide_password=True)}")
+    print(f"{name}: {store.db.url.render_as_string(hide_password=True)}")
     t = time.perf_counter()
     await loader(store, n)
     print(f"  bulk load {n:,} rows                 {time.perf_counter() - t:8.2f} s   (count={await store.count():,})")
