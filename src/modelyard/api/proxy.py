@@ -102,8 +102,7 @@ class Proxy:
             finally:
                 group.admission.release()
         finally:
-            if reservation is not None and guard is not None:
-                await guard.settle(reservation, (req.prompt_tokens or 0) + (req.completion_tokens or 0))
+            await self._settle(reservation, req)
 
     def _route_headers(self, req: Request, answered: ModelGroup, hops: int) -> None:
         req.fallbacks = hops
@@ -123,13 +122,11 @@ class Proxy:
         req.deployment = routed.deployment.name
         self._route_headers(req, routed.group, routed.hops)
         self._count_usage(req, routed.deployment, _usage_of(reply.body))
-        if routed.reservation is None:
-            await req.respond(reply.status, reply.body, content_type=reply.content_type)
-            return
         try:
             await req.respond(reply.status, reply.body, content_type=reply.content_type)
         finally:
-            await self._settle(routed.reservation, req)
+            if routed.reservation is not None:
+                await self._settle(routed.reservation, req)
 
     async def _stream(
         self, req: Request, group: ModelGroup, path: str, data: dict[str, Any], raw: bytes, tokens: int
@@ -183,6 +180,7 @@ class Proxy:
                 await self._settle(routed.reservation, req)
 
     async def _settle(self, reservation: Reservation | None, req: Request) -> None:
+        """Replace a rate-limit charge's token estimate by the request's real usage (0 if none)."""
         if reservation is not None and self._guard is not None:
             await self._guard.settle(reservation, (req.prompt_tokens or 0) + (req.completion_tokens or 0))
 
