@@ -147,6 +147,15 @@ def test_virtual_key_lifecycle_through_the_sdk(gw: Gateway) -> None:
     assert MASTER not in gw.stderr_text()
 
 
+def test_litellm_extras_user_id_and_delete_by_alias(gw: Gateway) -> None:
+    key, body = generate(gw, key_alias="by-alias", user_id="ana@example.com", metadata={"cost_center": "42"})
+    assert body["metadata"] == {"cost_center": "42", "user_id": "ana@example.com"}
+    assert chat(gw, key).status_code == 200
+    r = gw.http.post("/key/delete", json={"key_aliases": ["by-alias"]}, headers=admin(gw))
+    assert r.status_code == 200 and r.json()["deleted_keys"] == [body["token"]]
+    assert_error(chat(gw, key), 401, code="revoked_api_key")
+
+
 def test_expired_key_is_401(gw: Gateway) -> None:
     key, body = generate(gw, duration="1s")
     assert body["expires"]
@@ -171,7 +180,9 @@ def test_expired_key_is_401(gw: Gateway) -> None:
         ({"models": "chat"}, "models"),
         ({"models": ["no-such-model"]}, "models"),
         ({"key_alias": 7}, "key_alias"),
-        ({"user_id": "u1"}, "user_id"),
+        ({"user_id": 5}, "user_id"),
+        ({"user_id": "u1", "metadata": ["x"]}, "metadata"),
+        ({"spend": 3}, "spend"),
         ({"max_parallel_requests": 3}, "max_parallel_requests"),
     ],
 )
@@ -186,6 +197,8 @@ def test_key_endpoints_bad_bodies(gw: Gateway) -> None:
     assert_error(gw.http.post("/key/generate", json=[1], headers=admin(gw)), 400)
     assert_error(gw.http.post("/key/delete", json={"keys": "sk-x"}, headers=admin(gw)), 400, param="keys")
     assert_error(gw.http.post("/key/delete", json={"keys": []}, headers=admin(gw)), 400, param="keys")
+    assert_error(gw.http.post("/key/delete", json={"key_aliases": "x"}, headers=admin(gw)), 400, param="key_aliases")
+    assert_error(gw.http.post("/key/delete", json={"key_aliases": ["no-such-alias"]}, headers=admin(gw)), 404)
     r = gw.http.post("/key/delete", json={"keys": ["sk-my-" + "a" * 60]}, headers=admin(gw))
     assert_error(r, 404, code="key_not_found")
     assert "a" * 30 not in r.text  # the secret half is never echoed

@@ -23,6 +23,7 @@ from modelyard.limits.budget import period_of
 # ignored is worse than an error).
 GENERATE_FIELDS = (
     "models", "rpm_limit", "tpm_limit", "max_budget", "budget_duration", "duration", "key_alias", "team_id", "metadata",
+    "user_id",  # informational in LiteLLM as here: kept in the key's metadata
 )
 
 
@@ -56,6 +57,14 @@ def register(app: ModelyardApp) -> None:
             missing = [m for m in models if isinstance(m, str) and m not in known]
             if missing:
                 raise InvalidRequestError(f"models: unknown model(s) {missing}", param="models", code="model_not_found")
+        metadata = data.get("metadata")
+        user_id = data.get("user_id")
+        if user_id is not None:
+            if not isinstance(user_id, str) or not user_id:
+                raise InvalidRequestError("user_id: expected a non-empty string", param="user_id")
+            if metadata is not None and not isinstance(metadata, dict):
+                raise InvalidRequestError("metadata: expected an object of strings", param="metadata")
+            metadata = {**(metadata or {}), "user_id": user_id}
         try:
             plaintext, key = new_key(
                 now=dt.datetime.now(dt.timezone.utc),
@@ -67,7 +76,7 @@ def register(app: ModelyardApp) -> None:
                 max_budget=data.get("max_budget"),
                 budget_duration=data.get("budget_duration"),
                 duration=data.get("duration"),
-                metadata=data.get("metadata"),
+                metadata=metadata,
             )
         except KeyFieldError as exc:
             raise InvalidRequestError(str(exc), param=exc.param) from None
@@ -95,23 +104,33 @@ def register(app: ModelyardApp) -> None:
         await req.respond_json(200, {"key": key.id, "info": await _info(s, key)})
 
     async def delete(req: Request) -> None:
-        """``POST /key/delete {"keys": [key or token, ...]}``: revoked at once on this replica, on
-        the others within ``auth.refresh_interval_s``."""
+        """``POST /key/delete {"keys": [key or token, ...], "key_aliases": [alias, ...]}``: revoked at
+        once on this replica, on the others within ``auth.refresh_interval_s``."""
         req.endpoint = "key"
         require_admin(req)
         s = services()
         data, _ = await req.json_object(app.max_body)
-        given = data.get("keys")
-        if not isinstance(given, list) or not given or not all(isinstance(k, str) for k in given):
-            raise InvalidRequestError("keys: expected a non-empty list of keys or key tokens", param="keys")
+        given, aliases = data.get("keys"), data.get("key_aliases")
+        for name, value in (("keys", given), ("key_aliases", aliases)):
+            if value is not None and (not isinstance(value, list) or not all(isinstance(k, str) for k in value)):
+                raise InvalidRequestError(f"{name}: expected a list of strings", param=name)
+        if not given and not aliases:
+            raise InvalidRequestError("keys: give a non-empty list of keys or key tokens (or key_aliases)", param="keys")
         ids = []
-        for k in given:
+        for k in given or ():
             key = await _lookup(s, k)
             if key is None:
                 raise NotFoundError("keys: no such key " + _redact(k), param="keys", code="key_not_found")
             ids.append(key.id)
+        assert s.keys is not None
+        for alias in aliases or ():
+            found = [k.id for k in await s.keys.list() if k.alias == alias]
+            if not found:
+                raise NotFoundError(f"key_aliases: no live key with alias {alias[:64]!r}", param="key_aliases",
+                                    code="key_not_found")
+            ids.extend(found)
         assert s.keys is not None and s.ring is not None
-        revoked = await s.keys.revoke(ids, now=dt.datetime.now(dt.timezone.utc))
+        revoked = await s.keys.revoke(list(dict.fromkeys(ids)), now=dt.datetime.now(dt.timezone.utc))
         for key_id in revoked:
             fresh = await s.keys.get(key_id)
             if fresh is not None:
