@@ -49,6 +49,12 @@ async def test_create_prints_a_key_that_verifies(home):
     lines = r.stdout.splitlines()
     assert len(lines) == 1 and split_key(lines[0]) is not None  # the key, alone: `KEY=$(modelyard keys create)`
     assert "not shown again" in r.stderr and lines[0] not in r.stderr
+    assert "checks keys only when it has a master key" in r.stderr  # this environment has none
+    with_master = subprocess.run(
+        [str(MODELYARD), "keys", "create"], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "MODELYARD_HOME": str(home), "MODELYARD_MASTER_KEY": "sk-master-for-cli"},
+    )
+    assert with_master.returncode == 0 and "master key" not in with_master.stderr
     db, ring = await ring_on(sqlite_url(home / "modelyard.db"))
     k = ring.find(lines[0])
     assert k is not None and k.alias == "ci" and k.team_id == "t1" and k.models == ("chat", "embed")

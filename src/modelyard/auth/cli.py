@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ import click
 import orjson
 
 from modelyard.clitools import fail, settings_or_defaults
+from modelyard.config.schema import Settings
 from modelyard.db import Database, DatabaseError, database_url
 from modelyard.errors import ConfigError
 
@@ -44,9 +46,9 @@ _OPTIONS = {
 
 
 
-def _with_store(config_path: str | None, fn: Callable[[KeyStore], Awaitable[T]]) -> T:
+def _with_store(config: str | Settings | None, fn: Callable[[KeyStore], Awaitable[T]]) -> T:
     """Open the configured database (migrations first), run ``fn(store)``, close; exit 1 on failure."""
-    url = database_url(settings_or_defaults(config_path))
+    url = database_url(config if isinstance(config, Settings) else settings_or_defaults(config))
     try:
         db = Database(url)
     except ConfigError as exc:
@@ -109,9 +111,16 @@ def create(
     except KeyFieldError as exc:
         option = _OPTIONS.get(exc.param, exc.param)
         raise click.BadParameter(str(exc).removeprefix(f"{exc.param}: "), param_hint=f"'{option}'") from None
-    _with_store(config_path, lambda store: store.create(key))
+    settings = settings_or_defaults(config_path)
+    _with_store(settings, lambda store: store.create(key))
     click.echo(plaintext)
     click.echo(f"created {key.display()}; store it now: the key is not shown again", err=True)
+    if not settings.auth.master_key and not os.environ.get("MODELYARD_MASTER_KEY"):
+        click.echo(
+            "note: a server checks keys only when it has a master key (auth.master_key or $MODELYARD_MASTER_KEY); "
+            "without one it serves everyone on loopback",
+            err=True,
+        )
 
 
 def _status(k: VirtualKey, now: dt.datetime) -> str:
