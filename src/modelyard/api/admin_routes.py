@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from urllib.parse import parse_qs
 
 from modelyard.api.app import ModelyardApp
 from modelyard.api.http import Request
@@ -16,9 +15,6 @@ from modelyard.errors import InvalidRequestError, NotFoundError
 from modelyard.memory.devices import gpu_memory_stats
 
 
-
-def _query(req: Request) -> dict[str, str]:
-    return {k: v[-1] for k, v in parse_qs(req.scope.get("query_string", b"").decode("latin-1")).items()}
 
 
 def _time(q: dict[str, str], name: str) -> dt.datetime | None:
@@ -100,7 +96,7 @@ def register(app: ModelyardApp) -> None:
     async def spend_logs(req: Request) -> None:
         """GET /spend/logs?key_hash=&model=&team=&since=&until=&limit=&cursor= (newest first)."""
         req.endpoint = "spend"
-        q = _query(req)
+        q = req.query()
         rows, cursor = await spend_store().logs(
             key_hash=q.get("key_hash"), model=q.get("model"), team=q.get("team"),
             since=_time(q, "since"), until=_time(q, "until"), limit=_int(q, "limit", 100), cursor=q.get("cursor"),
@@ -110,7 +106,7 @@ def register(app: ModelyardApp) -> None:
     async def spend_report(req: Request) -> None:
         """GET /spend/report?since=&until=&group_by=model,day (default: the last 30 days by model)."""
         req.endpoint = "spend"
-        q = _query(req)
+        q = req.query()
         until = _time(q, "until") or dt.datetime.now(dt.UTC)
         since = _time(q, "since") or until - dt.timedelta(days=30)
         group_by = tuple(g for g in q.get("group_by", "model").split(",") if g)

@@ -13,6 +13,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 
@@ -73,6 +74,10 @@ class Request:
         task = asyncio.current_task()
         if task is not None and self.watcher is None:
             self.watcher = asyncio.get_running_loop().create_task(watch_disconnect(self, task))
+
+    def query(self) -> dict[str, str]:
+        """The query string's parameters (the last value of a repeated one)."""
+        return {k: v[-1] for k, v in parse_qs(self.scope.get("query_string", b"").decode("latin-1")).items()}
 
     def header(self, name: bytes) -> bytes | None:
         for k, v in self.scope["headers"]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Any
-from urllib.parse import parse_qs
 
 from modelyard.accounting.pricing import from_nano
 from modelyard.api.app import ModelyardApp, Services
@@ -89,7 +88,7 @@ def register(app: ModelyardApp) -> None:
         """``GET /key/info?key=<key or token>``; a virtual key may ask about itself (no ``key``)."""
         req.endpoint = "key"
         s = services()
-        asked = _query(req).get("key")
+        asked = req.query().get("key")
         me = req.principal.key
         if asked is None:
             if me is None:
@@ -123,8 +122,9 @@ def register(app: ModelyardApp) -> None:
                 raise NotFoundError("keys: no such key " + _redact(k), param="keys", code="key_not_found")
             ids.append(key.id)
         assert s.keys is not None
+        live = await s.keys.list() if aliases else []
         for alias in aliases or ():
-            found = [k.id for k in await s.keys.list() if k.alias == alias]
+            found = [k.id for k in live if k.alias == alias]
             if not found:
                 raise NotFoundError(f"key_aliases: no live key with alias {alias[:64]!r}", param="key_aliases",
                                     code="key_not_found")
@@ -142,7 +142,7 @@ def register(app: ModelyardApp) -> None:
         require_admin(req)
         s = services()
         assert s.keys is not None
-        include_revoked = _query(req).get("include_revoked") in ("1", "true")
+        include_revoked = req.query().get("include_revoked") in ("1", "true")
         keys = await s.keys.list(include_revoked=include_revoked)
         await req.respond_json(200, {"keys": [await _info(s, k) for k in keys]})
 
@@ -151,9 +151,6 @@ def register(app: ModelyardApp) -> None:
     app.route("/key/delete", "POST", delete)
     app.route("/key/list", "GET", list_keys)
 
-
-def _query(req: Request) -> dict[str, str]:
-    return {k: v[-1] for k, v in parse_qs(req.scope.get("query_string", b"").decode("latin-1")).items()}
 
 
 async def _lookup(s: Services, given: str) -> VirtualKey | None:

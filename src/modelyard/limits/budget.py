@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from modelyard.auth.keys import VirtualKey, parse_duration, period_bounds
 from modelyard.db import DatabaseError
+from modelyard.epoch import to_us
 from modelyard.limits.base import LimiterUnavailableError
 
 if TYPE_CHECKING:
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("modelyard.budget")
 
 Seed = Callable[[str, dt.datetime], Awaitable[int]]  # (key id, period start) → nano-units spent since
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _FOREVER = dt.datetime(9999, 1, 1, tzinfo=dt.timezone.utc)
 
 
@@ -49,9 +49,6 @@ def period_of(key: VirtualKey, now: dt.datetime) -> tuple[dt.datetime, dt.dateti
         return key.created_at, _FOREVER
     return period_bounds(key.created_at, parse_duration(key.budget_duration), now)
 
-
-def _us(t: dt.datetime) -> int:
-    return (t - _EPOCH) // dt.timedelta(microseconds=1)
 
 
 class Budgets(Protocol):
@@ -75,7 +72,7 @@ class _Seeder:
         self._last_warn = float("-inf")
 
     async def __call__(self, key_id: str, start: dt.datetime) -> int:
-        k = (key_id, _us(start))
+        k = (key_id, to_us(start))
         fut = self._inflight.get(k)
         if fut is not None:
             return await asyncio.shield(fut)
@@ -109,7 +106,7 @@ class MemoryBudgets:
 
     async def spent(self, key: VirtualKey, now: dt.datetime) -> int:
         start, _ = period_of(key, now)
-        start_us = _us(start)
+        start_us = to_us(start)
         c = self._counters.get(key.id)
         if c is not None and c[0] == start_us and c[2]:
             return c[1]
@@ -125,7 +122,7 @@ class MemoryBudgets:
     def add(self, key: VirtualKey, cost_nano: int, now: dt.datetime) -> None:
         if cost_nano <= 0:
             return
-        start_us = _us(period_of(key, now)[0])
+        start_us = to_us(period_of(key, now)[0])
         c = self._counters.get(key.id)
         if c is None or c[0] != start_us:
             c = self._counters[key.id] = [start_us, 0, False]
@@ -158,7 +155,7 @@ class RedisBudgets:
         self._last_warn = float("-inf")
 
     def _name(self, key: VirtualKey, start: dt.datetime) -> str:
-        return f"{self._prefix}{key.id}:{_us(start)}"
+        return f"{self._prefix}{key.id}:{to_us(start)}"
 
     def _ttl_s(self, start: dt.datetime, end: dt.datetime) -> int:
         if end >= _FOREVER:
