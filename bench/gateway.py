@@ -138,13 +138,15 @@ class LineReader:
 class Child:
     """A subprocess whose stdout/stderr go to files; stopped with terminate → kill."""
 
-    def __init__(self, name: str, argv: list[str], workdir: Path, stderr_path: str | None = None) -> None:
+    def __init__(self, name: str, argv: list[str], workdir: Path, stderr_path: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         self.stdout_path = workdir / f"{name}.stdout"
         self.stderr_path = Path(stderr_path) if stderr_path else workdir / f"{name}.stderr"
         self._out = open(self.stdout_path, "wb")
         self._err = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(argv, stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(argv, stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL,
+                                     env={**os.environ, **env} if env else None)
 
     @property
     def pid(self) -> int:

@@ -142,6 +142,14 @@ class ShuttingDownError(OverloadedError):
     code = "shutting_down"
 
 
+class SpendBackloggedError(OverloadedError):
+    """The spend writer's backlog is at its bound (database and spool both behind): the request is
+    refused rather than served unaccounted."""
+
+    status = 503
+    code = "spend_backlogged"
+
+
 class NoDeploymentAvailableError(OverloadedError):
     """Every deployment of every model in the chain is open (circuit breaker) or at capacity."""
 

@@ -106,7 +106,8 @@ async def test_rows_are_batched(tmp_path, clock):
     await w.flush()
     assert store.batches == [3, 3, 1]
     assert store.order == [row(i).request_id for i in range(7)]
-    assert w.stats() == {"buffered": 0, "spooled": 0, "written": 7, "failures": 0, "dropped": 0, "corrupt": 0}
+    assert w.stats() == {"buffered": 0, "buffered_bytes": 0, "spooled": 0, "spool_bytes": 0, "written": 7,
+                         "failures": 0, "dropped": 0, "spilled": 0, "corrupt": 0}
 
 
 async def test_failure_spools_then_recovery_replays_in_order_exactly_once(tmp_path, clock):

@@ -198,6 +198,8 @@ class SpendStore:
         self.dialect = self.db.dialect
         insert_ = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
         self._insert = insert_(_t).on_conflict_do_nothing(index_elements=["request_id"])
+        self._busy_timeout_ms = busy_timeout_ms
+        self._fast: Any = None  # accounting.sinks.SqliteSink | PostgresCopySink, or False: none
 
     @property
     def engine(self) -> AsyncEngine:
@@ -217,21 +219,47 @@ class SpendStore:
             raise SpendStoreError(exc.message) from exc
 
     async def aclose(self) -> None:
+        fast, self._fast = self._fast, None
+        if fast:
+            await fast.aclose()
         if self._owns_db:
             await self.db.aclose()
 
     # --- writes ------------------------------------------------------------------------------
 
-    async def insert_many(self, rows: Sequence[SpendRow]) -> None:
-        """Insert a batch in one transaction (one executemany); rows whose request_id exists are skipped."""
+    async def insert_many(self, rows: Sequence[SpendRow]) -> int:
+        """Insert a batch in one transaction; rows whose request_id exists are skipped. Returns the
+        number of new rows. The writer's path: a dedicated connection (``accounting/sinks.py``)."""
         if not rows:
-            return
+            return 0
+        sink = self._sink()
+        if sink is not None:
+            return await sink.insert(rows)
         params = [_params(r) for r in rows]
         try:
             async with self.engine.begin() as conn:
-                await conn.execute(self._insert, params)
+                result = await conn.execute(self._insert, params)
         except (SQLAlchemyError, OSError) as exc:
             raise SpendStoreError(f"spend insert failed: {exc.__class__.__name__}: {exc}") from exc
+        n = result.rowcount
+        return n if isinstance(n, int) and n >= 0 else len(rows)
+
+    def _sink(self) -> Any:
+        """The fast insert path, built on first use (None: an in-memory SQLite, which only the
+        SQLAlchemy engine's own connection can see)."""
+        if self._fast is None:
+            from . import sinks
+
+            if self.dialect == "sqlite":
+                path = self.db.url.database
+                if not path or path == ":memory:" or path.startswith("file:"):
+                    self._fast = False
+                else:
+                    self._fast = sinks.SqliteSink(path, busy_timeout_ms=self._busy_timeout_ms)
+            else:
+                dsn = self.db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+                self._fast = sinks.PostgresCopySink(dsn)
+        return self._fast or None
 
     # --- reads -------------------------------------------------------------------------------
 

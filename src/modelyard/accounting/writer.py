@@ -1,20 +1,29 @@
 """Moves spend rows from the request path to the store, without the request ever waiting on a database.
 
-``write(row)`` is synchronous and O(1): it appends to an in-memory list. A background task flushes
-every ``flush_interval_s`` (sooner once ``max_batch`` rows are waiting) in batches of ``max_batch``,
-each one ``insert_many`` under ``insert_timeout_s``.
+``write(row)`` is synchronous and O(1): it appends to an in-memory FIFO. A background task (the
+*flusher*) sends the FIFO to the store every ``flush_interval_s`` (at once when ``max_batch`` rows
+wait), ``max_batch`` rows per ``insert_many``, each under ``insert_timeout_s``.
 
-When an insert raises or times out, that batch and every later one go to the *spool*: a local
-append-only JSON-lines file, fsync'ed once per batch. Database attempts pause with exponential
-backoff (``flush_interval_s`` doubling up to ``retry_max_s``, on the injected clock); the first
-successful attempt replays the spool oldest first, batch by batch, before any newer row is sent, so
-rows reach the database in the order they were written. Replays are idempotent because the store
-ignores a request_id it already has (a timed-out insert that committed late is harmless).
+**Bounded memory.** The FIFO holds at most ``max_buffer_rows`` rows / ``max_buffer_bytes`` bytes
+(an estimate per row). Past that bound a second task (the *spiller*) moves the newest rows to the
+spool on disk, so a database slower than the traffic costs disk, never unbounded RAM. At twice
+the bound the writer is *saturated* (the spool cannot keep up or cannot be written): the app
+refuses new requests with 503 + Retry-After rather than serve what it cannot account for. Rows of
+requests already in flight are still taken up to four times the bound; past that they are dropped
+and counted (``dropped``), which the saturation refusal keeps from happening.
 
-Durability: ``aclose()`` flushes every accepted row (to the database, or to the spool while it is
-down). A SIGKILL loses at most the rows accepted since the last flush (one flush interval); rows in
-the spool survive and are replayed by the next process using the same spool path. A batch torn by a
-crash mid-append is cut off at the last complete line when the spool is opened.
+**The database away.** When an insert raises or times out, that batch goes to the spool (a local
+append-only JSON-lines file, fsync'ed per batch, see ``spool.py``), and so does every batch until
+the next attempt: attempts pause with exponential backoff (``flush_interval_s`` doubling up to
+``retry_max_s``, on the injected clock). The first successful attempt replays the spool oldest
+first, chunk by chunk, then sends the FIFO. Replays are idempotent (the store skips a request_id it
+has), so a timed-out insert that committed late is harmless, and the store's count of new rows
+keeps ``written`` exact. Rows spilled for room reach the database after older FIFO rows may have:
+each row carries its own timestamp, and every query orders by it.
+
+**Durability.** ``aclose()`` stores or spools every accepted row. A SIGKILL loses at most the rows
+in the FIFO and the batch in flight: one flush interval of traffic, never more than the bound.
+Spooled rows survive and are replayed by the next process using the same spool path.
 """
 
 from __future__ import annotations
@@ -22,21 +31,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-import orjson
-
+from .spool import Spool
 from .store import SpendRow
 
 log = logging.getLogger("modelyard.accounting")
 
+# Bytes one buffered row holds (the slotted row, its datetime and Decimal, small ints and the string
+# headers), plus the characters of its strings: measured with tracemalloc (tests/unit/test_spend_writer.py).
+ROW_BASE_BYTES = 620
+
+
+def row_bytes(r: SpendRow) -> int:
+    return ROW_BASE_BYTES + len(r.request_id) + len(r.model) + len(r.deployment) + len(r.key_hash or "") + len(r.team or "")
+
 
 class SpendSink(Protocol):
-    async def insert_many(self, rows: Sequence[SpendRow]) -> None: ...
+    async def insert_many(self, rows: Sequence[SpendRow]) -> int | None: ...  # new rows (None: all of them)
+
+
+@dataclass(frozen=True)
+class WriterHealth:
+    state: str  # ok | spooling (database away, rows go to the spool) | stuck | saturated
+    backlog_rows: int
+    backlog_bytes: int
+    spooled_rows: int
+    spool_bytes: int
+    stalled_s: float  # seconds since rows last moved (to the database or the spool) while some wait
+    last_error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "backlog_rows": self.backlog_rows, "backlog_bytes": self.backlog_bytes,
+                "spooled_rows": self.spooled_rows, "spool_bytes": self.spool_bytes,
+                "stalled_s": round(self.stalled_s, 3), "last_error": self.last_error}
 
 
 class SpendWriter:
@@ -45,61 +78,110 @@ class SpendWriter:
         store: SpendSink,
         *,
         spool_path: str | Path,
-        flush_interval_s: float = 1.0,
-        max_batch: int = 1000,
+        flush_interval_s: float = 0.5,
+        max_batch: int = 2000,
         insert_timeout_s: float = 5.0,
         retry_max_s: float = 30.0,
+        max_buffer_rows: int = 20_000,
+        max_buffer_bytes: int = 16 << 20,
+        stuck_after_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
-        self._spool = Path(spool_path)
+        self._spool = Spool(spool_path)
         self._interval = flush_interval_s
         self._max_batch = max_batch
         self._timeout = insert_timeout_s
         self._retry_max = retry_max_s
+        self._max_rows = max_buffer_rows
+        self._max_bytes = max_buffer_bytes
+        self._stuck_after = stuck_after_s
         self._clock = clock
-        self._buf: list[SpendRow] = []
-        self._lock = asyncio.Lock()  # one flush at a time: the spool's order depends on it
+        self._buf: deque[SpendRow] = deque()
+        self._buf_bytes = 0
+        self._lock = asyncio.Lock()  # one flush at a time
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._spiller: asyncio.Task[None] | None = None
+        self._spill_retry_at = float("-inf")
         self._stop = False
         self._closed = False
         self._opened = False
         self._retry_at = float("-inf")
         self._backoff = 0.0
+        self._moved_at = clock()  # the last time rows reached the database or the spool
+        self._spool_failing = False
         # stats (read by metrics)
-        self.spooled = 0  # rows in the spool now, waiting for replay
-        self.written = 0  # rows the database acknowledged
+        self.written = 0  # rows the database acknowledged as new
         self.failures = 0  # failed or timed-out insert attempts
-        self.dropped = 0  # rows lost: spool unwritable, or write() after aclose()
-        self.corrupt = 0  # spool lines that could not be read back (torn by a crash)
+        self.dropped = 0  # rows lost: past the hard bound, or write() after aclose()
+        self.spilled = 0  # rows moved to the spool for room (not because the database failed)
         self.last_error: str | None = None
 
     # --- the request path --------------------------------------------------------------------
 
     def write(self, row: SpendRow) -> bool:
-        """Accept a row (never blocks, never touches I/O). False once the writer is closed."""
-        if self._closed:
+        """Accept a row (never blocks, never touches I/O). False once closed or past the hard bound."""
+        if self._closed or len(self._buf) >= 4 * self._max_rows or self._buf_bytes >= 4 * self._max_bytes:
             self.dropped += 1
             return False
         self._buf.append(row)
-        if len(self._buf) >= self._max_batch:
+        self._buf_bytes += row_bytes(row)
+        n = len(self._buf)
+        if n >= self._max_batch:
             self._wake.set()
+        if (n > self._max_rows or self._buf_bytes > self._max_bytes) and self._spiller is None and self._task is not None:
+            if self._clock() >= self._spill_retry_at:
+                self._spiller = asyncio.get_running_loop().create_task(self._spill(), name="spend-spiller")
         return True
+
+    @property
+    def saturated(self) -> bool:
+        """Twice the bound: the app refuses new requests until the backlog shrinks."""
+        return len(self._buf) >= 2 * self._max_rows or self._buf_bytes >= 2 * self._max_bytes
 
     @property
     def buffered(self) -> int:
         return len(self._buf)
 
+    @property
+    def spooled(self) -> int:
+        return self._spool.rows
+
+    @property
+    def corrupt(self) -> int:
+        return self._spool.corrupt
+
+    def retry_after_s(self) -> float:
+        """A client's wait when refused for saturation: about one flush interval, or the database's backoff."""
+        return max(self._interval, self._retry_at - self._clock(), 1.0)
+
     def stats(self) -> dict[str, int]:
         return {
             "buffered": len(self._buf),
-            "spooled": self.spooled,
+            "buffered_bytes": self._buf_bytes,
+            "spooled": self._spool.rows,
+            "spool_bytes": self._spool.bytes,
             "written": self.written,
             "failures": self.failures,
             "dropped": self.dropped,
-            "corrupt": self.corrupt,
+            "spilled": self.spilled,
+            "corrupt": self._spool.corrupt,
         }
+
+    def health(self) -> WriterHealth:
+        pending = bool(self._buf) or self._spool.rows > 0
+        stalled = max(0.0, self._clock() - self._moved_at) if pending else 0.0
+        if self.saturated:
+            state = "saturated"
+        elif pending and stalled > self._stuck_after:
+            state = "stuck"
+        elif self._spool.rows or self._clock() < self._retry_at:
+            state = "spooling"
+        else:
+            state = "ok"
+        return WriterHealth(state, len(self._buf), self._buf_bytes, self._spool.rows, self._spool.bytes, stalled,
+                            self.last_error)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -113,17 +195,27 @@ class SpendWriter:
         if self._closed:
             return
         self._closed = True
+        if self._spiller is not None:
+            await self._spiller
         if self._task is not None:
             self._stop = True
             self._wake.set()
             await self._task  # not cancelled: a cancelled flush would have rows in hand
             self._task = None
         await self.flush()
+        if self._buf:  # neither the database nor the spool took them: say so, loudly
+            self.dropped += len(self._buf)
+            log.error("spend writer closed with %d rows that neither the database nor the spool took (%s)",
+                      len(self._buf), self.last_error)
+            self._buf.clear()
+            self._buf_bytes = 0
+        await self._spool.aclose()
 
     async def _run(self) -> None:
         while not self._stop:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+            if len(self._buf) < self._max_batch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._interval)
             self._wake.clear()
             if self._stop:
                 return
@@ -131,34 +223,46 @@ class SpendWriter:
                 await self.flush()
             except Exception:  # a bug here must not end the loop and strand every later row
                 log.exception("spend writer flush failed")
+                await asyncio.sleep(self._interval)
 
     # --- flushing ----------------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Send what is buffered: spool first (oldest), then new rows; to the spool while the DB is down."""
+        """Send the rows buffered now (the spool first, when the database is due); to the spool
+        while the database is away. Rows written during the flush wait for the next one."""
         async with self._lock:
             await self._open()
-            rows, self._buf = self._buf, []
-            i = 0
-            try:
-                if self.spooled and self._db_due():
-                    await self._replay()
-                while i < len(rows):
-                    batch = rows[i : i + self._max_batch]
-                    if not (self.spooled == 0 and self._db_due() and await self._insert(batch)):
-                        await self._append_spool(batch)
-                    i += len(batch)
-            except BaseException:
-                # cancelled mid-flush: what is not yet stored or spooled goes back, ahead of newer rows
-                self._buf[:0] = rows[i:]
-                raise
+            todo = len(self._buf)
+            if self._spool.rows and self._db_due():
+                await self._replay()
+            while todo > 0 and self._buf:
+                batch = self._take(min(todo, self._max_batch))
+                todo -= len(batch)
+                if self._db_due() and await self._insert(batch):
+                    continue
+                if not await self._to_spool(batch):
+                    self._putback(batch)  # neither database nor disk: keep them, report, retry later
+                    return
+
+    def _take(self, n: int) -> list[SpendRow]:
+        buf = self._buf
+        batch = [buf.popleft() for _ in range(min(n, len(buf)))]
+        self._buf_bytes -= sum(row_bytes(r) for r in batch)
+        return batch
+
+    def _putback(self, batch: list[SpendRow], *, tail: bool = False) -> None:
+        if tail:
+            self._buf.extend(batch)
+        else:
+            self._buf.extendleft(reversed(batch))
+        self._buf_bytes += sum(row_bytes(r) for r in batch)
 
     def _db_due(self) -> bool:
         return self._clock() >= self._retry_at
 
     async def _insert(self, batch: Sequence[SpendRow]) -> bool:
         try:
-            await asyncio.wait_for(self._store.insert_many(batch), self._timeout)
+            new = await asyncio.wait_for(self._store.insert_many(batch), self._timeout)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure: keep the rows, spool them
@@ -168,108 +272,62 @@ class SpendWriter:
             self._retry_at = self._clock() + self._backoff
             log.warning("spend insert failed (%s); spooling, next attempt in %.1fs", self.last_error, self._backoff)
             return False
-        self.written += len(batch)
+        self.written += len(batch) if new is None else new
         self._backoff = 0.0
         self._retry_at = float("-inf")
+        self._moved_at = self._clock()
         return True
 
     # --- the spool ---------------------------------------------------------------------------
 
     async def _open(self) -> None:
-        """Once: count the spool left by an earlier process, cutting a torn last line."""
-        if self._opened:
-            return
-        self._opened = True
-        self.spooled = await asyncio.to_thread(self._repair_and_count)
+        if not self._opened:
+            self._opened = True
+            try:
+                await self._spool.open()
+            except OSError as exc:
+                self.last_error = f"spool unreadable: {exc}"
+                log.error("spend spool %s unreadable at start: %s", self._spool.path, exc)
 
-    def _repair_and_count(self) -> int:
+    async def _to_spool(self, batch: Sequence[SpendRow]) -> bool:
         try:
-            data = self._spool.read_bytes()
-        except FileNotFoundError:
-            return 0
-        keep = data.rfind(b"\n") + 1
-        if keep < len(data):
-            self.corrupt += 1
-            with open(self._spool, "r+b") as f:
-                f.truncate(keep)
-                f.flush()
-                os.fsync(f.fileno())
-        return data.count(b"\n", 0, keep)
-
-    async def _append_spool(self, batch: Sequence[SpendRow]) -> None:
-        data = b"".join(orjson.dumps(r.to_json()) + b"\n" for r in batch)
-        try:
-            await asyncio.to_thread(self._append_sync, data)
+            await self._spool.append(batch)
         except OSError as exc:
-            self.dropped += len(batch)
             self.last_error = f"spool write failed: {exc}"
-            log.error("spend spool %s unwritable: %d rows lost (%s)", self._spool, len(batch), exc)
-            return
-        self.spooled += len(batch)
+            if not self._spool_failing:
+                log.error("spend spool %s unwritable (%s): %d rows kept in memory", self._spool.path, exc, len(batch))
+            self._spool_failing = True
+            return False
+        self._spool_failing = False
+        self._moved_at = self._clock()
+        return True
 
-    def _append_sync(self, data: bytes) -> None:
-        self._spool.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._spool, "ab") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    async def _spill(self) -> None:
+        """Move the newest rows past the bound to the spool (down to 3/4 of it), then end."""
+        try:
+            low_rows, low_bytes = self._max_rows * 3 // 4, self._max_bytes * 3 // 4
+            while len(self._buf) > low_rows or self._buf_bytes > low_bytes:
+                n = min(self._max_batch, max(1, len(self._buf) - low_rows))
+                batch = [self._buf.pop() for _ in range(min(n, len(self._buf)))]
+                batch.reverse()
+                self._buf_bytes -= sum(row_bytes(r) for r in batch)
+                if not await self._to_spool(batch):
+                    self._putback(batch, tail=True)
+                    self._spill_retry_at = self._clock() + self._interval
+                    return
+                self.spilled += len(batch)
+        finally:
+            self._spiller = None
 
     async def _replay(self) -> None:
+        """Spool → database, oldest first; stop (keeping exactly the unstored rows) at a failure."""
         offset = 0
         while True:
-            rows, end = await asyncio.to_thread(self._read_chunk, offset)
-            if not rows and end == offset:
+            rows, end = await self._spool.read(offset, self._max_batch)
+            if end == offset:
                 break
             if rows and not await self._insert(rows):
-                if offset:  # keep exactly the rows not yet stored, so stats and reruns stay exact
-                    await asyncio.to_thread(self._keep_tail, offset)
-                self.spooled = await asyncio.to_thread(self._count_lines)
-                return
+                break
             offset = end
-        await asyncio.to_thread(self._truncate)
-        self.spooled = 0
-
-    def _read_chunk(self, offset: int) -> tuple[list[SpendRow], int]:
-        rows: list[SpendRow] = []
-        with open(self._spool, "rb") as f:
-            f.seek(offset)
-            while len(rows) < self._max_batch:
-                line = f.readline()
-                if not line:
-                    break
-                try:
-                    rows.append(SpendRow.from_json(orjson.loads(line)))
-                except (orjson.JSONDecodeError, TypeError, ValueError, KeyError):
-                    self.corrupt += 1
-            return rows, f.tell()
-
-    def _keep_tail(self, offset: int) -> None:
-        tmp = self._spool.with_name(self._spool.name + ".tmp")
-        with open(self._spool, "rb") as src, open(tmp, "wb") as dst:
-            src.seek(offset)
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, self._spool)
-        self._fsync_dir()
-
-    def _truncate(self) -> None:
-        with contextlib.suppress(FileNotFoundError), open(self._spool, "r+b") as f:
-            f.truncate(0)
-            f.flush()
-            os.fsync(f.fileno())
-
-    def _count_lines(self) -> int:
-        try:
-            return self._spool.read_bytes().count(b"\n")
-        except FileNotFoundError:
-            return 0
-
-    def _fsync_dir(self) -> None:
-        with contextlib.suppress(OSError):
-            fd = os.open(self._spool.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        if offset:
+            await self._spool.consumed(offset)

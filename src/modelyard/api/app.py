@@ -34,9 +34,17 @@ from modelyard.db import Database, database_url
 from modelyard.config.schema import Deployment, LocalDeployment, ProcessDeployment, Settings
 from modelyard.memory.manager import MemoryManager
 from modelyard.api.sse import error_event
-from modelyard.errors import MethodNotAllowedError, ModelyardError, NotFoundError, ShuttingDownError, internal_error_body
+from modelyard.errors import (
+    MethodNotAllowedError,
+    ModelyardError,
+    NotFoundError,
+    ShuttingDownError,
+    SpendBackloggedError,
+    internal_error_body,
+)
 from modelyard.observability.logging import AccessLog
 from modelyard.observability.metrics import UNKNOWN_MODEL, Metrics
+from modelyard.observability.spend_metrics import register_spend
 from modelyard.routing.breaker import Clock
 from modelyard.routing.router import Router
 
@@ -130,7 +138,11 @@ def build_services(settings: Settings, *, access_log: AccessLog | None = None, c
         db = Database(database_url(settings))
         if settings.spend.enabled:
             spend_store = SpendStore(db)
-            spend = SpendWriter(spend_store, spool_path=home / "spend.spool", flush_interval_s=settings.spend.flush_interval_s)
+            sc = settings.spend
+            spend = SpendWriter(spend_store, spool_path=home / "spend.spool", flush_interval_s=sc.flush_interval_s,
+                                max_buffer_rows=sc.max_buffer_rows, max_buffer_bytes=sc.max_buffer_bytes,
+                                stuck_after_s=sc.stuck_after_s)
+            register_spend(metrics.registry, spend.stats)
         if master_key:
             keys = KeyStore(db)
             ring = KeyRing(keys, refresh_interval_s=settings.auth.refresh_interval_s)
@@ -248,6 +260,11 @@ class ModelyardApp:
             path = req.path
             gate = services.gate
             if path.startswith("/v1/"):
+                spend = services.spend
+                if spend is not None and spend.saturated and req.method == "POST":
+                    raise SpendBackloggedError(
+                        "the gateway cannot record spend fast enough right now (database and spool behind); "
+                        "retry the request", retry_after_s=spend.retry_after_s())
                 if gate.enabled:  # without keys every caller is the same anonymous one (principal None)
                     req.principal = await gate.client(req)
             elif path.startswith(("/admin/", "/spend/")):

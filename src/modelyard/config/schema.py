@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
 
 
@@ -235,7 +236,13 @@ class SpendConfig(_Strict):
     database is unreachable, replayed when it returns)."""
 
     enabled: bool = True
-    flush_interval_s: PositiveFloat = 1.0  # also the most a SIGKILL can lose
+    flush_interval_s: PositiveFloat = 0.5  # also about the most a SIGKILL can lose
+    # The in-memory backlog's bound: past it rows spill to the disk spool; at twice it new
+    # requests are refused (503 + Retry-After) until the backlog shrinks.
+    max_buffer_rows: PositiveInt = 20_000
+    max_buffer_bytes: PositiveInt = 16 << 20
+    # /health/readiness reports the writer "stuck" when rows wait and none moved for this long.
+    stuck_after_s: PositiveFloat = 30.0
 
 
 class AuthConfig(_Strict):
