@@ -248,6 +248,24 @@ class InsufficientMemoryError(ModelUnavailableError):
     code = "insufficient_memory"
 
 
+class ModelNotReadyError(ModelUnavailableError):
+    """The model did not become ready (loading, or its engine restarting) within the request's
+    wait (the queue TTL); ``Retry-After`` says when it is expected to be."""
+
+    code = "model_not_ready"
+
+
+class EngineRestartingError(ModelUnavailableError):
+    """The engine died under the request and its supervisor is starting it again. Retried once on
+    the restarted engine (``retry_once``), then answered 503 with the time it should be back."""
+
+    code = "engine_restarting"
+
+    def __init__(self, message: str, *, retry_after_s: float, retry_once: bool = True) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.retry_once = retry_once
+
+
 class ArtifactError(ModelyardError):
     """A model artifact is missing, corrupt, or not the digest a deployment pinned."""
 

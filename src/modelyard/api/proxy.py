@@ -113,9 +113,11 @@ class Proxy:
 
     async def _unary(self, req: Request, group: ModelGroup, path: str, body_for: BodyFor, tokens: int) -> None:
         rid = req.request_id
+        ready_by = req.t0 + group.ready_wait_s  # a load or restart may take what is left of the queue TTL
+        clock = self._clock
 
         def op(dep: DeploymentSlot):  # noqa: ANN202 - a coroutine for the router
-            return dep.backend.call(path, body_for(dep), CallOptions(dep.timeout_s, rid))
+            return dep.backend.call(path, body_for(dep), CallOptions(dep.timeout_s, rid, max(0.0, ready_by - clock())))
 
         routed = await self._router.run(group, op, tokens=tokens)
         reply = routed.result
@@ -136,9 +138,11 @@ class Proxy:
         extra = None if client_wants_usage else {"stream_options": {**(opts or {}), "include_usage": True}}
         body_for = BodyFor(data, raw, extra)
         rid = req.request_id
+        ready_by = req.t0 + group.ready_wait_s
+        clock = self._clock
 
         def op(dep: DeploymentSlot):  # noqa: ANN202
-            return dep.backend.open_stream(path, body_for(dep), CallOptions(dep.timeout_s, rid))
+            return dep.backend.open_stream(path, body_for(dep), CallOptions(dep.timeout_s, rid, max(0.0, ready_by - clock())))
 
         routed = await self._router.run(group, op, hold=True, tokens=tokens)
         upstream = routed.result

@@ -18,6 +18,9 @@ class CallOptions:
 
     timeout_s: float
     request_id: str
+    # Local models and managed engines: how long this request may still wait for the model to
+    # load or its engine to restart (what is left of the queue TTL); None: only timeout_s bounds it.
+    ready_wait_s: float | None = None
 
 
 class UpstreamStream(Protocol):

@@ -70,7 +70,7 @@ class LocalBackend:
         request = self._parse(path, body)
         try:
             async with asyncio.timeout(opts.timeout_s):
-                async with self._manager.lease(self._key) as engine:
+                async with self._manager.lease(self._key, opts.ready_wait_s) as engine:
                     data = await self._dispatch(path, request, engine)
         except TimeoutError as exc:
             raise UpstreamTimeoutError(f"local model {self._model!r} did not answer within {opts.timeout_s:g}s") from exc
@@ -83,7 +83,7 @@ class LocalBackend:
         stack = contextlib.AsyncExitStack()
         try:
             async with asyncio.timeout(opts.timeout_s):
-                engine = await stack.enter_async_context(self._manager.lease(self._key))
+                engine = await stack.enter_async_context(self._manager.lease(self._key, opts.ready_wait_s))
         except BaseException as exc:
             await stack.aclose()
             if isinstance(exc, TimeoutError):

@@ -216,6 +216,7 @@ def _engine_for(
         return (lambda: ProfanityModerationEngine(key)), path, ProfanityModerationEngine.capabilities, size
     message = f"artifact {manifest.ref} has engine {manifest.engine!r}, which modelyard cannot run in-process"
     return (lambda: _Unloadable(key, message)), path, frozenset(Capability), None  # type: ignore[return-value]
+            start_delay=lambda: 0.0 if policy.gave_up else policy.delay_s(),  # a crash's restart backoff
 
 
 def _encoder_path(store: ArtifactStore, manifest: Manifest) -> str | None:

@@ -128,6 +128,11 @@ class ProcessEngine:
     def log_path(self) -> Path:
         return Path(self.spec.log_dir or os.path.join(tempfile.gettempdir(), "modelyard-engines")) / f"{self.name}.log"
 
+    def wait_exited(self, timeout: float) -> bool:
+        """Block up to ``timeout`` s for the process to be seen gone (exited, or unhealthy): True if
+        it is. For a request whose connection broke, to tell a dead engine from a network blip."""
+        return self._exited.wait(timeout) or not self.alive
+
     def info(self) -> dict[str, Any]:
         """What the memory manager's snapshot shows under ``engine`` (/admin/models)."""
         return self.status()

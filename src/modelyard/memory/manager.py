@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from modelyard.errors import (
+    ModelNotReadyError,
     InsufficientMemoryError,
     InvalidRequestError,
     ModelLoadError,
@@ -45,6 +46,7 @@ from modelyard.errors import (
 from modelyard.memory.policy import Budgets, Demotion, Resident, Tier, fmt_bytes, plan, plan_demote
 from modelyard.memory.records import (
     _TRANSITIONAL,
+    snapshot_of,
     MemoryAccountingError,
     ModelRecord,
     ModelSpec,
@@ -89,6 +91,7 @@ class MemoryManager:
         self._reaper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._closing_ev = asyncio.Event()
         if metrics is not None:
             metrics.set_budgets(budgets.active, budgets.host)
             metrics.set_usage(0, 0)
@@ -129,6 +132,7 @@ class MemoryManager:
         if self._closing:
             return
         self._closing = True
+        self._closing_ev.set()
         self._wake(force=True)
         if self._reaper is not None:
             self._reaper.cancel()
@@ -147,9 +151,18 @@ class MemoryManager:
 
     # --- serving --------------------------------------------------------------------------------
 
-    def lease(self, name: str) -> contextlib.AbstractAsyncContextManager[Engine]:
-        """Ensure ``name`` is active and count one request in flight until the block exits."""
-        return _Lease(self, self._get(name))
+    def lease(self, name: str, wait_s: float | None = None) -> contextlib.AbstractAsyncContextManager[Engine]:
+        """Ensure ``name`` is active and count one request in flight until the block exits. With
+        ``wait_s``, waiting for a load (or a restart) longer than that raises ``ModelNotReadyError``
+        (503) whose ``Retry-After`` is the manager's estimate of when the model will serve."""
+        return _Lease(self, self._get(name), wait_s)
+
+    def ready_in_s(self, name: str) -> float | None:
+        """Seconds until ``name`` should be serving (0: active; None: no basis for a guess)."""
+        return self._get(name).ready_in_s(self._clock())
+
+    def _not_ready(self, m: ModelRecord, waited: float) -> ModelNotReadyError:
+        return m.not_ready(self._clock(), waited)
 
     async def load(self, name: str) -> None:
         """Bring ``name`` to the active tier (the same single-flight path as a lease)."""
@@ -191,17 +204,28 @@ class MemoryManager:
     async def unload(self, name: str) -> None:
         await self.demote(name, Tier.disk)
 
-    async def invalidate(self, name: str, engine: Engine, reason: str | None = None) -> None:
+    async def invalidate(self, name: str, engine: Engine, reason: str | None = None, *, restart: bool = True) -> bool:
         """``engine`` died (a managed process exited or stopped answering): take the model to
-        disk even with requests in flight — they are failing already — so that the next lease
-        starts a fresh engine. A no-op when the model has moved on to another engine since."""
+        disk even with requests in flight — they are failing already — and, with ``restart``,
+        start a fresh engine at once (after the engine's restart backoff, ``ModelSpec.start_delay``)
+        so that it is back before the next request needs it. False (a no-op) when the model has
+        moved on to another engine since."""
         m = self._get(name)
         async with self._lock:
             if m.engine is not engine:
-                return
+                return False
             await self._to_disk(m)
             if reason:
                 m.error = reason
+        if restart and not self._closing:
+            self._spawn(self._restart(m))
+        return True
+
+    async def _restart(self, m: ModelRecord) -> None:
+        try:
+            await self._acquire(m, take=False)
+        except ModelyardError as exc:  # recorded on the model (state, error) and shown by /admin/models
+            log.warning("restart of model %r failed: %s", m.spec.name, exc.message)
 
     async def pin(self, name: str) -> None:
         """Pin ``name`` to the active tier (loading it now); on failure it is left unpinned."""
@@ -252,30 +276,7 @@ class MemoryManager:
 
     def snapshot(self) -> list[dict[str, Any]]:
         now = self._clock()
-        out = []
-        for name, m in self._models.items():
-            fp = m.footprint or Footprint(0)
-            out.append({
-                "name": name,
-                "tier": m.tier.value,
-                "state": m.state.value,
-                "bytes": {"weights": fp.weights, "kv_cache": fp.kv_cache, "overhead": fp.overhead,
-                          "active": fp.active, "host": fp.host},
-                "accounted": {"active": m.active_bytes, "host": m.host_bytes},
-                "last_used": None if m.last_used is None else max(0.0, now - m.last_used),
-                "in_flight": m.in_flight,
-                "loads": m.loads,
-                "demotions": m.demotions,
-                "warmups": m.warmups,
-                "load_failures": m.load_failures,
-                "average_load_s": m.load_seconds / m.loads if m.loads else None,
-                "pinned": m.pinned,
-                "keep_alive_s": m.spec.keep_alive_s,
-                "error": m.error,
-                # engines with more to say (a managed process: pid, port, restarts) expose info()
-                "engine": _engine_info(m.engine),
-            })
-        return out
+        return [snapshot_of(m, now) for m in self._models.values()]
 
     # --- leases -----------------------------------------------------------------------------
 
@@ -343,19 +344,35 @@ class MemoryManager:
     # --- activation ---------------------------------------------------------------------------
 
     async def _activate(self, m: ModelRecord) -> None:
-        """The shared activation of one model; loops while only in-flight requests block it."""
+        """The shared activation of one model; loops while only in-flight requests block it, or
+        while its engine may not start yet (a restart backoff, waited out without the lock)."""
         while True:
             async with self._lock:
                 if self._closing:
                     raise ModelUnavailableError(f"model {m.spec.name!r}: the memory manager is shutting down")
                 if m.state is ModelState.active or m.waiting == 0:
+                    if m.state is ModelState.restarting:
+                        self._set_state(m, ModelState.disk)
                     return
                 blocked = await self._activate_locked(m)
                 if blocked is None:
                     return
-            await blocked.wait()
+            if isinstance(blocked, float):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing_ev.wait(), blocked)
+            else:
+                await blocked.wait()
 
-    async def _activate_locked(self, m: ModelRecord) -> asyncio.Event | None:
+    def _start_delay(self, m: ModelRecord) -> float | None:
+        """A restart backoff still running: enter ``restarting`` and say how long (None: start now)."""
+        delay = m.spec.start_delay() if m.spec.start_delay is not None else 0.0
+        if delay <= 0:
+            return None
+        m.start_at = self._clock() + delay
+        self._set_state(m, ModelState.restarting)
+        return delay
+
+    async def _activate_locked(self, m: ModelRecord) -> asyncio.Event | float | None:
         if m.tier is Tier.host:
             assert m.footprint is not None
             if await self._make_room(m, m.footprint.active):
@@ -363,6 +380,9 @@ class MemoryManager:
             await self._host_to_active(m)
             return None
         need = m.footprint.active if m.footprint else (m.spec.estimated_bytes or 0)
+        delay = self._start_delay(m)
+        if delay is not None:
+            return delay
         if await self._make_room(m, need):
             return self._wait_event()
         return await self._load_from_disk(m, need)
@@ -414,7 +434,7 @@ class MemoryManager:
         self._set_state(m, ModelState.loading)
         m.tier, m.active_bytes = Tier.active, need  # reserve before the engine allocates
         self._check()
-        t0 = self._clock()
+        t0 = m.move_started = self._clock()
         try:
             engine = m.engine = spec.engine_factory()
             fp = await self._run(engine.load, spec.artifact_path, spec.load_options)
@@ -611,14 +631,3 @@ class MemoryManager:
         if isinstance(exc, (asyncio.CancelledError, ModelLoadError)):
             raise exc
         raise ModelLoadError(f"model {m.spec.name!r}: {m.error}") from exc
-
-
-def _engine_info(engine: Engine | None) -> dict[str, Any] | None:
-    info = getattr(engine, "info", None)
-    if not callable(info):
-        return None
-    try:
-        return dict(info())
-    except Exception:  # noqa: BLE001 - a report must never fail /admin/models
-        log.exception("engine info() raised")
-        return None

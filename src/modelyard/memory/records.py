@@ -8,17 +8,20 @@ this one is data — the state enum, the registration spec, the per-model record
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from modelyard.errors import ModelyardError
+from modelyard.errors import ModelNotReadyError, ModelyardError
 from modelyard.memory.policy import Tier
 from modelyard.runtime.base import Engine, Footprint, LoadOptions
 
 if TYPE_CHECKING:
     from modelyard.memory.manager import MemoryManager
+
+log = logging.getLogger("modelyard.memory")
 
 
 class ModelState(str, Enum):
@@ -30,6 +33,7 @@ class ModelState(str, Enum):
     host = "host"
     unloading = "unloading"  # → disk in progress
     failed = "failed"  # last load/move failed (on disk); the next lease retries
+    restarting = "restarting"  # on disk, waiting out its engine's restart backoff; loads after it
 
 
 class MemoryAccountingError(ModelyardError):
@@ -49,6 +53,9 @@ class ModelSpec:
     warmup_requests: int = 1
     preload: bool = False
     estimated_bytes: int | None = None  # active bytes to reserve before the first measured load
+    # Seconds before a fresh engine may start (a managed process's restart backoff after a crash):
+    # the manager waits them out with the lock released, then loads, instead of failing the load.
+    start_delay: Callable[[], float] | None = None
 
 
 @dataclass
@@ -72,6 +79,27 @@ class ModelRecord:
     load_failures: int = 0
     error: str | None = None
     task: asyncio.Task[None] | None = None  # the shared activation (single flight)
+    move_started: float | None = None  # when the load in progress began (for the ready estimate)
+    start_at: float | None = None  # restarting: when the restart backoff ends
+
+    def ready_in_s(self, now: float) -> float | None:
+        """Seconds until this model should be serving: 0 when active, None without any basis."""
+        if self.state is ModelState.active:
+            return 0.0
+        load = self.load_seconds / self.loads if self.loads else None
+        if self.state is ModelState.restarting and self.start_at is not None:
+            return max(0.0, self.start_at - now) + (load or 0.0)
+        if self.state in (ModelState.loading, ModelState.warming) and self.move_started is not None:
+            return max(0.0, (load or 0.0) - (now - self.move_started))
+        return load
+
+    def not_ready(self, now: float, waited: float) -> ModelNotReadyError:
+        eta = self.ready_in_s(now)
+        what = {ModelState.restarting: "restarting after its engine went down", ModelState.loading: "loading",
+                ModelState.warming: "warming up"}.get(self.state, f"{self.state.value}, waiting for memory")
+        expect = f"; expected in {eta:.1f}s" if eta is not None else ""
+        return ModelNotReadyError(f"model {self.spec.name!r} is {what} and was not ready within {waited:g}s{expect}",
+                                  retry_after_s=eta if eta else 1.0)
 
 
 _TRANSITIONAL = (ModelState.loading, ModelState.warming, ModelState.demoting, ModelState.unloading)
@@ -80,12 +108,13 @@ _TRANSITIONAL = (ModelState.loading, ModelState.warming, ModelState.demoting, Mo
 class _Lease:
     """``async with mm.lease(name) as engine``: the model is active and counted in flight inside."""
 
-    __slots__ = ("_mm", "_m", "_held")
+    __slots__ = ("_mm", "_m", "_held", "_wait_s")
 
-    def __init__(self, mm: MemoryManager, m: ModelRecord) -> None:
+    def __init__(self, mm: MemoryManager, m: ModelRecord, wait_s: float | None = None) -> None:
         self._mm = mm
         self._m = m
         self._held = False
+        self._wait_s = wait_s  # how long to wait for the model to become active (None: unbounded)
 
     async def __aenter__(self) -> Engine:
         m, mm = self._m, self._mm
@@ -94,7 +123,14 @@ class _Lease:
             self._held = True
             assert m.engine is not None
             return m.engine
-        engine = await mm._acquire(m, take=True)
+        if self._wait_s is None:
+            engine = await mm._acquire(m, take=True)
+        else:
+            try:
+                async with asyncio.timeout(self._wait_s):
+                    engine = await mm._acquire(m, take=True)
+            except TimeoutError:
+                raise mm._not_ready(m, self._wait_s) from None
         self._held = True
         return engine
 
@@ -102,3 +138,40 @@ class _Lease:
         if self._held:
             self._held = False
             self._mm._release(self._m)
+
+
+def snapshot_of(m: ModelRecord, now: float) -> dict[str, Any]:
+    """One model's line in ``/admin/models``."""
+    fp = m.footprint or Footprint(0)
+    return {
+        "name": m.spec.name,
+        "tier": m.tier.value,
+        "state": m.state.value,
+        "bytes": {"weights": fp.weights, "kv_cache": fp.kv_cache, "overhead": fp.overhead,
+                  "active": fp.active, "host": fp.host},
+        "accounted": {"active": m.active_bytes, "host": m.host_bytes},
+        "last_used": None if m.last_used is None else max(0.0, now - m.last_used),
+        "in_flight": m.in_flight,
+        "loads": m.loads,
+        "demotions": m.demotions,
+        "warmups": m.warmups,
+        "load_failures": m.load_failures,
+        "average_load_s": m.load_seconds / m.loads if m.loads else None,
+        "ready_in_s": m.ready_in_s(now),
+        "pinned": m.pinned,
+        "keep_alive_s": m.spec.keep_alive_s,
+        "error": m.error,
+        # engines with more to say (a managed process: pid, port, restarts) expose info()
+        "engine": _engine_info(m.engine),
+    }
+
+
+def _engine_info(engine: Engine | None) -> dict[str, Any] | None:
+    info = getattr(engine, "info", None)
+    if not callable(info):
+        return None
+    try:
+        return dict(info())
+    except Exception:  # noqa: BLE001 - a report must never fail /admin/models
+        log.exception("engine info() raised")
+        return None

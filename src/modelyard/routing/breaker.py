@@ -126,3 +126,37 @@ class CircuitBreaker:
             self._state = state
             if self.on_change is not None:
                 self.on_change(state)
+
+
+class SupervisedBreaker:
+    """The breaker of a deployment whose health has an owner already: a local model (the memory
+    manager) or a managed engine process (its supervisor). A crash, a restart or a load is not an
+    upstream failure: the owner knows when the engine is back, and requests wait for it (bounded
+    by the queue TTL) instead of being refused for a cooldown. Always closed; same interface."""
+
+    __slots__ = ("on_change",)
+
+    def __init__(self) -> None:
+        self.on_change = None
+
+    @property
+    def state(self) -> BreakerState:
+        return BreakerState.closed
+
+    def available(self) -> bool:
+        return True
+
+    def retry_after_s(self) -> float:
+        return 0.0
+
+    def try_acquire(self) -> Ticket:
+        return CLOSED_TICKET
+
+    def record_success(self, ticket: Ticket) -> None:
+        pass
+
+    def record_failure(self, ticket: Ticket) -> None:
+        pass
+
+    def record_abandoned(self, ticket: Ticket) -> None:
+        pass

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from modelyard.backends.base import Backend
-from modelyard.config.schema import Deployment, ModelConfig, Price, RetryConfig, Settings
+from modelyard.config.schema import Deployment, LocalDeployment, ModelConfig, Price, ProcessDeployment, RetryConfig, Settings
 from modelyard.errors import (
+    EngineRestartingError,
     ModelNotFoundError,
     ModelyardError,
     NoDeploymentAvailableError,
@@ -31,7 +32,7 @@ from modelyard.limits.base import Limit, Reservation
 from modelyard.limits.guard import RateGuard
 from modelyard.observability.metrics import DeploymentSeries, Metrics
 from modelyard.routing.admission import Admission
-from modelyard.routing.breaker import BreakerState, CircuitBreaker, Clock, Ticket
+from modelyard.routing.breaker import BreakerState, CircuitBreaker, Clock, SupervisedBreaker, Ticket
 from modelyard.routing.strategies import Picker, make_picker
 
 T = TypeVar("T")
@@ -47,7 +48,7 @@ class DeploymentSlot:
     model: str  # public model name
     upstream_model: str
     backend: Backend
-    breaker: CircuitBreaker
+    breaker: CircuitBreaker | SupervisedBreaker  # supervised: local models and managed engines
     weight: float
     timeout_s: float
     max_concurrency: int | None
@@ -73,6 +74,7 @@ class ModelGroup:
     created: int
     limit: Limit | None = None  # the model's rpm/tpm, all callers together
     limited: bool = False  # some deployment has its own rpm/tpm (requests need a token estimate)
+    ready_wait_s: float = 30.0  # how long a request may wait for a model to load or restart (queue TTL)
 
 
 @dataclass(eq=False)
@@ -132,13 +134,15 @@ class Router:
             name = d.name or f"{m.name}/{i}"
             gauge = self._metrics.breaker_state.labels(m.name, name)
             gauge.set(0)
+            supervised = isinstance(d, (LocalDeployment, ProcessDeployment))
             slots.append(
                 DeploymentSlot(
                     name=name,
                     model=m.name,
                     upstream_model=d.upstream_name(m.name),
                     backend=factory(d),
-                    breaker=CircuitBreaker(m.breaker or r.breaker, self._clock, on_change=lambda s, g=gauge: g.set(int(s))),
+                    breaker=SupervisedBreaker() if supervised else CircuitBreaker(
+                        m.breaker or r.breaker, self._clock, on_change=lambda s, g=gauge: g.set(int(s))),
                     weight=d.weight,
                     timeout_s=d.timeout_s or r.timeout_s,
                     max_concurrency=d.max_concurrency,
@@ -169,6 +173,7 @@ class Router:
             created=created,
             limit=Limit(m.rpm, m.tpm) if m.rpm is not None or m.tpm is not None else None,
             limited=any(d.limit is not None for d in slots),
+            ready_wait_s=q.ttl_s,
         )
 
     # --- lookup --------------------------------------------------------------------------------
@@ -248,7 +253,8 @@ class Router:
             tried: set[DeploymentSlot] = set()
             limited: set[DeploymentSlot] = set()
             attempt = 0
-            while attempt <= g.retry.num_retries:
+            restart_retried = False  # one retry after an engine died under the request, beyond num_retries
+            while attempt <= g.retry.num_retries + restart_retried:
                 chosen = self._choose(g, tried, limited)
                 if chosen is None:
                     break
@@ -264,7 +270,8 @@ class Router:
                 if attempt > 1:
                     retries += 1
                     m.retries.labels(g.name, dep.name).inc()
-                    delay = self._backoff_s(g.retry, attempt - 1)
+                    # an engine restarting under its supervisor: no backoff, the lease waits for it
+                    delay = 0.0 if isinstance(last, EngineRestartingError) else self._backoff_s(g.retry, attempt - 1)
                     if delay > 0:
                         try:
                             await self._sleep(delay)
@@ -286,6 +293,8 @@ class Router:
                         raise
                     dep.breaker.record_failure(ticket)
                     last = exc
+                    if isinstance(exc, EngineRestartingError) and exc.retry_once and not restart_retried:
+                        restart_retried = True  # one more attempt: the restart is not the request's failure
                     continue
                 except BaseException:
                     dep.in_flight -= 1

@@ -13,6 +13,8 @@ Modes:
   ``never-ready``         /health always 503
   ``crash-on-request``    a chat request makes the process exit(3) mid-request (no response)
   ``crash-after:<n>``     the same, once n inference requests were answered (n=1: the warm-up passes)
+  ``crash-once:<path>``   like crash-after:1, but only while ``path`` does not exist (it is created
+                          first): the restarted engine serves (a crash, then a clean recovery)
   ``crash-at-start``      exit(2) before listening (for crash loops)
   ``ignore-sigterm``      SIGTERM is logged and ignored (only SIGKILL stops it)
 ``--child`` starts a grandchild process (same process group; it ignores SIGTERM too in
@@ -26,6 +28,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -48,6 +51,10 @@ class _State:
 def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()  # head and body are two writes: without NODELAY, Nagle + delayed ACK add 40 ms
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def log_message(self, fmt: str, *args: Any) -> None:  # one line per request on stderr
             sys.stderr.write(f"mock_engine: {self.command} {self.path} {args[1] if len(args) > 1 else ''}\n")
@@ -93,6 +100,13 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
                 self._send(200, {})
             elif path in ("/v1/chat/completions", "/v1/completions"):
                 crash_after = int(state.mode.split(":", 1)[1]) if state.mode.startswith("crash-after:") else None
+                if state.mode.startswith("crash-once:") and state.requests >= 1:
+                    marker = state.mode.split(":", 1)[1]
+                    try:
+                        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                        crash_after = 1
+                    except FileExistsError:
+                        pass
                 if path == "/v1/chat/completions" and (
                     state.mode == "crash-on-request" or (crash_after is not None and state.requests >= crash_after)
                 ):
@@ -132,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-lines", type=int, default=0)
     a = ap.parse_args(argv)
     known = ("ok", "never-ready", "crash-on-request", "crash-at-start", "ignore-sigterm")
-    if a.mode not in known and not a.mode.startswith(("slow-start:", "crash-after:")):
+    if a.mode not in known and not a.mode.startswith(("slow-start:", "crash-after:", "crash-once:")):
         print(f"mock_engine: unknown mode {a.mode!r}", file=sys.stderr)
         return 64
     print(f"mock_engine: pid {os.getpid()} mode {a.mode}", flush=True)
