@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -166,6 +167,29 @@ async def test_streaming_chat_from_a_local_model(served: Served) -> None:
         if chunk.usage:
             usage = chunk.usage
     assert text and usage is not None and 0 < usage.completion_tokens <= 16
+
+
+async def test_the_first_streamed_chunk_has_an_empty_content_not_none(served: Served) -> None:
+    """As OpenAI's: the first chunk carries ``role`` and ``"content": ""`` (llama.cpp sends null, and
+    the README's ``print(chunk.choices[0].delta.content, end="")`` printed ``None`` first)."""
+    stream = await client(served).chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "Say hi."}], max_tokens=4, stream=True,
+    )
+    deltas = [chunk.choices[0].delta async for chunk in stream if chunk.choices]
+    assert deltas[0].role == "assistant"
+    assert deltas[0].content == ""
+    assert all(isinstance(d.content, str) for d in deltas[:-1])  # only the finish chunk's delta is {}
+    assert "".join(d.content or "" for d in deltas).strip()
+    first = ""
+    async with httpx.AsyncClient(base_url=served.url, timeout=120) as http:
+        body = {"model": "chat", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2, "stream": True}
+        async with http.stream("POST", "/v1/chat/completions", json=body) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    first = line
+                    break
+    validate(orjson.loads(first[len("data: "):]), "CreateChatCompletionStreamResponse")
+    assert '"content":""' in first
 
 
 async def test_wrong_endpoint_for_a_model_is_a_404(served: Served) -> None:

@@ -156,7 +156,7 @@ def test_chat_type_message_names_expected_and_actual() -> None:
     e = rejects(validate_chat, with_(CHAT, stream="yes"), "stream")
     assert "boolean" in e.message and "string" in e.message
     e = rejects(validate_chat, with_(CHAT, n=0), "n")
-    assert "at least 1" in e.message
+    assert "from 1 to 128" in e.message
 
 
 # --- completions ---------------------------------------------------------------------------------
@@ -240,3 +240,52 @@ def test_embedding_rejects_bad_fields(field: str, value: Any, param: str) -> Non
 def test_embedding_encoding_format_message_lists_the_choices() -> None:
     e = rejects(validate_embedding, with_(EMBEDDING, encoding_format="int8"), "encoding_format")
     assert "float" in e.message and "base64" in e.message
+
+
+# --- OpenAI's ranges and the fields local engines read (found by fuzzing, docs/design/fuzzing.md) ---
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("temperature", 2.5), ("temperature", -0.1), ("top_p", 1.5), ("presence_penalty", -3), ("frequency_penalty", 2.01),
+        ("n", 129), ("seed", 1.5), ("seed", "7"), ("logit_bias", []), ("logit_bias", {"50256": "x"}),
+        ("logprobs", 1), ("top_logprobs", 21), ("top_logprobs", -1), ("top_logprobs", "x"),
+    ],
+)
+def test_chat_rejects_out_of_range_or_mistyped(field: str, value: Any) -> None:
+    rejects(validate_chat, with_(CHAT, **{field: value}), field)
+
+
+def test_chat_top_logprobs_needs_logprobs() -> None:
+    e = rejects(validate_chat, with_(CHAT, top_logprobs=3), "top_logprobs")
+    assert "logprobs: true" in e.message
+    assert validate_chat(with_(CHAT, logprobs=True, top_logprobs=3)) == ("gpt-x", False)
+    assert validate_chat(with_(CHAT, logprobs=False, top_logprobs=None)) == ("gpt-x", False)
+
+
+@pytest.mark.parametrize(
+    "extra", [{"temperature": 2, "top_p": 0, "presence_penalty": -2, "frequency_penalty": 2, "n": 128, "seed": -5},
+              {"logit_bias": {"50256": -100, "11": 0.5}}, {"temperature": None, "top_p": None, "seed": None}],
+)
+def test_chat_accepts_the_ends_of_each_range(extra: dict[str, Any]) -> None:
+    assert validate_chat(with_(CHAT, **extra)) == ("gpt-x", False)
+
+
+@pytest.mark.parametrize(
+    "field, value", [("logprobs", 6), ("logprobs", "x"), ("logprobs", True), ("best_of", 21), ("echo", "yes"), ("suffix", 3),
+                     ("temperature", 3)],
+)
+def test_completion_rejects_out_of_range_or_mistyped(field: str, value: Any) -> None:
+    rejects(validate_completion, with_(COMPLETION, **{field: value}), field)
+
+
+def test_completion_null_prompt_is_refused_not_missing() -> None:
+    e = rejects(validate_completion, with_(COMPLETION, prompt=None), "prompt")
+    assert e.message.endswith("got null")
+    assert validate_completion(with_(COMPLETION, logprobs=5, best_of=1, echo=False)) == ("gpt-x", False)
+
+
+def test_empty_model_says_empty() -> None:
+    e = rejects(validate_chat, with_(CHAT, model=""), "model")
+    assert "an empty string" in e.message

@@ -264,3 +264,36 @@ def test_error_event_is_one_parseable_sse_event(exc) -> None:  # noqa: ANN001
     assert err["code"] == exc.code
     # a relay passes an error frame through untouched
     assert relay_all(SSERelay(strip_usage=True), [frame]) == frame
+
+
+# --- the first chunk's content -------------------------------------------------------------------
+
+NULL_ROLE = b'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":null},"finish_reason":null}]}'
+BARE_ROLE = b'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant"}}]}'
+
+
+@pytest.mark.parametrize("first", [NULL_ROLE, BARE_ROLE])
+@pytest.mark.parametrize("strip", [True, False])
+def test_a_role_delta_without_content_gets_an_empty_string(first: bytes, strip: bool) -> None:
+    # llama.cpp's servers (in process and as engines) start with {"role": "assistant", "content": null};
+    # OpenAI's first chunk carries "content": "", and clients print delta.content as it comes.
+    out = relay_all(SSERelay(strip_usage=strip), split(encode([first, HEL, LO, STOP, END]), [7, 90, 200]))
+    events = [orjson.loads(e[0][len(b"data: "):]) for e in parse_sse(out) if e[0] != END]
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert events[0]["id"] == "c1" and events[0]["choices"][0]["index"] == 0
+    assert [e["choices"][0]["delta"].get("content") for e in events[1:3]] == ["Hel", "lo"]
+    assert out.endswith(DONE)
+
+
+def test_a_role_delta_with_content_or_tool_calls_is_forwarded_as_it_came() -> None:
+    tool = (b'data: {"id":"c1","choices":[{"index":0,"delta":{"role":"assistant","content":null,'
+            b'"tool_calls":[{"index":0,"id":"t","function":{"name":"f","arguments":""}}]}}]}')
+    for first in (ROLE, tool):
+        stream = encode([first, HEL, END])
+        assert relay_all(SSERelay(strip_usage=False), [stream]) == stream
+
+
+def test_a_null_content_after_the_first_content_is_left_alone() -> None:
+    later = b'data: {"id":"c1","choices":[{"index":0,"delta":{"role":"assistant","content":null}}]}'
+    stream = encode([HEL, later, END])
+    assert relay_all(SSERelay(strip_usage=False), [stream]) == stream

@@ -11,7 +11,7 @@ from modelyard.routing.breaker import Clock
 
 def create_app(settings: Settings, *, access_log: AccessLog | None = None, clock: Clock = time.monotonic):  # noqa: ANN201
     """Build the ASGI app with every route registered (services are built in its lifespan)."""
-    from modelyard.api import admin_routes, key_routes, openai_routes, ops_routes
+    from modelyard.api import admin_routes, key_routes, openai_routes, openapi_doc, ops_routes
     from modelyard.api.app import ModelyardApp
 
     app = ModelyardApp(settings, access_log=access_log, clock=clock)
@@ -19,4 +19,5 @@ def create_app(settings: Settings, *, access_log: AccessLog | None = None, clock
     ops_routes.register(app)
     admin_routes.register(app)
     key_routes.register(app)
+    openapi_doc.register(app)
     return app

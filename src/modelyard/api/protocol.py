@@ -24,12 +24,16 @@ def _type_name(v: Any) -> str:
     return names.get(type(v), type(v).__name__)
 
 
+def _what(v: Any) -> str:
+    return "an empty string" if v == "" else _type_name(v)
+
+
 def _check_model(data: dict[str, Any]) -> str:
     model = data.get("model")
     if model is None:
         raise InvalidRequestError("model: required field is missing", param="model", code="missing_required_parameter")
     if not isinstance(model, str) or not model:
-        raise _bad("model", f"expected a non-empty string, got {_type_name(model)}")
+        raise _bad("model", f"expected a non-empty string, got {_what(model)}")
     return model
 
 
@@ -42,22 +46,51 @@ def _optional(data: dict[str, Any], key: str, types: tuple[type, ...], what: str
     return v
 
 
-def _check_common(data: dict[str, Any]) -> bool:
+# OpenAI's ranges for the sampling parameters (the same as its OpenAPI document's).
+_RANGES = {"temperature": (0, 2), "top_p": (0, 1), "presence_penalty": (-2, 2), "frequency_penalty": (-2, 2)}
+
+
+def _check_common(data: dict[str, Any], *, chat: bool) -> bool:
     stream = _optional(data, "stream", (bool,), "a boolean")
     opts = _optional(data, "stream_options", (dict,), "an object")
     if opts is not None and "include_usage" in opts and not isinstance(opts["include_usage"], bool):
         raise _bad("stream_options.include_usage", "expected a boolean")
-    for key in ("max_tokens", "max_completion_tokens", "n"):
+    for key in ("max_tokens", "max_completion_tokens"):
         v = _optional(data, key, (int,), "an integer")
-        if v is not None and v < (0 if key != "n" else 1):
-            raise _bad(key, "must not be negative" if key != "n" else "must be at least 1")
-    for key in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
-        _optional(data, key, _NUMBER, "a number")
+        if v is not None and v < 0:
+            raise _bad(key, "must not be negative")
+    _int_in(data, "n", 1, 128)
+    for key, (lo, hi) in _RANGES.items():
+        v = _optional(data, key, _NUMBER, "a number")
+        if v is not None and not lo <= v <= hi:
+            raise _bad(key, f"must be between {lo} and {hi}, got {v}")
+    _optional(data, "seed", (int,), "an integer")
     stop = data.get("stop")
     if stop is not None and not isinstance(stop, str):
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
             raise _bad("stop", "expected a string or an array of strings")
+    bias = _optional(data, "logit_bias", (dict,), "an object")
+    if bias is not None:
+        for token, value in bias.items():
+            if not isinstance(value, _NUMBER) or isinstance(value, bool):
+                raise _bad("logit_bias", f"{token!r}: expected a number, got {_type_name(value)}")
+    if chat:
+        logprobs = _optional(data, "logprobs", (bool,), "a boolean")
+        if _int_in(data, "top_logprobs", 0, 20) is not None and logprobs is not True:
+            raise _bad("top_logprobs", "needs logprobs: true")
+    else:
+        _int_in(data, "logprobs", 0, 5)
+        _int_in(data, "best_of", 0, 20)
+        _optional(data, "echo", (bool,), "a boolean")
+        _optional(data, "suffix", (str,), "a string")
     return bool(stream)
+
+
+def _int_in(data: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
+    v = _optional(data, key, (int,), "an integer")
+    if v is not None and not lo <= v <= hi:
+        raise _bad(key, f"must be an integer from {lo} to {hi}, got {v}")
+    return v
 
 
 def validate_chat(data: dict[str, Any]) -> tuple[str, bool]:
@@ -74,18 +107,18 @@ def validate_chat(data: dict[str, Any]) -> tuple[str, bool]:
         role = msg.get("role")
         if not isinstance(role, str) or not role:
             raise _bad(f"messages[{i}].role", "expected a non-empty string")
-    return model, _check_common(data)
+    return model, _check_common(data, chat=True)
 
 
 def validate_completion(data: dict[str, Any]) -> tuple[str, bool]:
     """Check a /v1/completions body; return (model, stream)."""
     model = _check_model(data)
-    prompt = data.get("prompt")
-    if prompt is None:
+    if "prompt" not in data:
         raise InvalidRequestError("prompt: required field is missing", param="prompt", code="missing_required_parameter")
+    prompt = data["prompt"]
     if not _is_text_or_tokens(prompt):
-        raise _bad("prompt", "expected a string, an array of strings, or token arrays")
-    return model, _check_common(data)
+        raise _bad("prompt", f"expected a string, an array of strings, or token arrays, got {_type_name(prompt)}")
+    return model, _check_common(data, chat=False)
 
 
 def validate_embedding(data: dict[str, Any]) -> str:
@@ -128,7 +161,7 @@ def validate_moderation(data: dict[str, Any], default_model: str | None) -> str:
                                       param="model", code="missing_required_parameter")
         data["model"] = model = default_model
     elif not isinstance(model, str) or not model:
-        raise _bad("model", f"expected a non-empty string, got {_type_name(model)}")
+        raise _bad("model", f"expected a non-empty string, got {_what(model)}")
     _check_texts(data)
     return model
 

@@ -4,7 +4,8 @@ The relay forwards each complete event as soon as it has arrived (never re-seria
 the way notes what the gateway needs: the moment of the first content (time to first token) and
 the ``usage`` chunk. When modelyard asked the upstream for usage on the client's behalf
 (``stream_options.include_usage``), the usage-only chunk is kept from the client, who did not ask
-for it.
+for it. One event is rewritten: a first chunk whose delta has a ``role`` and no ``content`` gets
+``"content": ""``, as OpenAI's does (llama.cpp's servers send ``null``).
 """
 
 from __future__ import annotations
@@ -56,46 +57,52 @@ class SSERelay:
         for event in complete.split(b"\n\n"):
             if not event:
                 continue
-            if self._inspect(event):
-                out.append(event + b"\n\n")
+            kept = self._inspect(event)
+            if kept is not None:
+                out.append(kept + b"\n\n")
         return b"".join(out)
 
     def flush(self) -> bytes:
         """Whatever is left when the upstream closed (a last event without its blank line)."""
         rest, self._buf = self._buf, b""
-        if rest.strip() and self._inspect(rest.rstrip(b"\n")):
-            return rest.rstrip(b"\n") + b"\n\n"
+        if rest.strip():
+            kept = self._inspect(rest.rstrip(b"\n"))
+            if kept is not None:
+                return kept + b"\n\n"
         return b""
 
-    def _inspect(self, event: bytes) -> bool:
-        """Record what this event says; return whether to forward it."""
+    def _inspect(self, event: bytes) -> bytes | None:
+        """Record what this event says; return the event to forward (None: keep it back)."""
         data = _data_of(event)
         if data is None:
-            return True  # a comment or another field: pass it on
+            return event  # a comment or another field: pass it on
         if data == b"[DONE]":
             self.saw_done = True
-            return True
+            return event
         has_usage = b'"usage"' in data and b'"usage":null' not in data and b'"usage": null' not in data
         if not has_usage and self.first_content:
             self.content_events += 1
-            return True
+            return event
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return True
+            return event
         if not isinstance(obj, dict):
-            return True
+            return event
         choices = obj.get("choices")
         if choices:
             self.content_events += 1
-            if not self.first_content and _has_content(choices):
-                self.first_content = True
+            if not self.first_content:
+                if _has_content(choices):
+                    self.first_content = True
+                elif _empty_role_delta(choices):  # llama.cpp's {"role": "assistant", "content": null}
+                    event = b"data: " + orjson.dumps(obj)
         usage = obj.get("usage")
         if isinstance(usage, dict):
             self.usage = usage
             if self._strip_usage and not choices:
-                return False
-        return True
+                return None
+        return event
 
 
 def _data_of(event: bytes) -> bytes | None:
@@ -104,6 +111,18 @@ def _data_of(event: bytes) -> bytes | None:
         return event[5:].lstrip(b" ")
     lines = [ln[5:].lstrip(b" ") for ln in event.split(b"\n") if ln.startswith(b"data:")]
     return b"\n".join(lines) if lines else None
+
+
+def _empty_role_delta(choices: list[Any]) -> bool:
+    """Give a role delta without content ``"content": ""``, as OpenAI's first chunk has (clients
+    that print ``delta.content`` would print None). Changes ``choices`` in place; True if it did."""
+    changed = False
+    for ch in choices:
+        delta = ch.get("delta") if isinstance(ch, dict) else None
+        if isinstance(delta, dict) and "role" in delta and delta.get("content") is None and not delta.get("tool_calls"):
+            delta["content"] = ""
+            changed = True
+    return changed
 
 
 def _has_content(choices: list[Any]) -> bool:

@@ -254,13 +254,19 @@ class LlamaCppEngine:
                 if on_chunk is None:
                     # No local may hold the Server or a bound method of it: a traceback keeping this
                     # frame alive would keep the model loaded after unload().
-                    out = self._check(getattr(self._server, method)(sub))
+                    try:
+                        out = self._check(getattr(self._server, method)(sub))
+                    except (ValueError, RuntimeError) as exc:  # the request did not parse: llama.cpp's server answers 400
+                        raise InvalidRequestError(f"{self.name}: {exc}") from None
                     choices += to_choices(out, index, prefix)
                     usage.add(out.get("usage"), first=first)
                     continue
                 acc = new_stream(index, prefix)
                 sub = {**sub, "stream": True, "stream_options": {"include_usage": True}, "timings_per_token": True}
-                out = getattr(self._server, method)(sub, acc.feed)
+                try:
+                    out = getattr(self._server, method)(sub, acc.feed)
+                except (ValueError, RuntimeError) as exc:  # as above; raised before the first chunk
+                    raise InvalidRequestError(f"{self.name}: {exc}") from None
                 if acc.error is not None:
                     raise acc.error
                 if isinstance(out, dict):
