@@ -173,8 +173,8 @@ async def test_the_first_streamed_chunk_has_an_empty_content_not_none(served: Se
     """As OpenAI's: the first chunk carries ``role`` and ``"content": ""`` (llama.cpp sends null, and
     the README's ``print(chunk.choices[0].delta.content, end="")`` printed ``None`` first)."""
     stream = await client(served).chat.completions.create(
-        model="chat", messages=[{"role": "user", "content": "Say hi."}], max_tokens=4, stream=True,
-    )
+        model="chat", messages=[{"role": "user", "content": "Say hi."}], max_tokens=8, stream=True, temperature=0, seed=1,
+    )  # greedy: a stable reply
     deltas = [chunk.choices[0].delta async for chunk in stream if chunk.choices]
     assert deltas[0].role == "assistant"
     assert deltas[0].content == ""
@@ -182,7 +182,8 @@ async def test_the_first_streamed_chunk_has_an_empty_content_not_none(served: Se
     assert "".join(d.content or "" for d in deltas).strip()
     first = ""
     async with httpx.AsyncClient(base_url=served.url, timeout=120) as http:
-        body = {"model": "chat", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2, "stream": True}
+        body = {"model": "chat", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8, "stream": True,
+                "temperature": 0, "seed": 1}
         async with http.stream("POST", "/v1/chat/completions", json=body) as r:
             async for line in r.aiter_lines():
                 if line.startswith("data: "):

@@ -161,7 +161,7 @@ def test_usage_after_first_content_is_still_seen() -> None:
 
 def test_usage_null_is_not_usage() -> None:
     r = SSERelay(strip_usage=True)
-    assert relay_all(r, [encode([STOP])]) == encode([STOP])
+    assert relay_all(r, [encode([ROLE, STOP])]) == encode([ROLE, STOP])
     assert r.usage is None
 
 
@@ -272,10 +272,14 @@ NULL_ROLE = b'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"ind
 BARE_ROLE = b'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant"}}]}'
 
 
-@pytest.mark.parametrize("first", [NULL_ROLE, BARE_ROLE])
+NO_ROLE = b'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":null}]}'
+
+
+@pytest.mark.parametrize("first", [NULL_ROLE, BARE_ROLE, NO_ROLE])
 @pytest.mark.parametrize("strip", [True, False])
 def test_a_role_delta_without_content_gets_an_empty_string(first: bytes, strip: bool) -> None:
-    # llama.cpp's servers (in process and as engines) start with {"role": "assistant", "content": null};
+    # llama.cpp's servers (in process and as engines) start with {"role": "assistant", "content": null}
+    # (or with {} when the first tokens decode to no text);
     # OpenAI's first chunk carries "content": "", and clients print delta.content as it comes.
     out = relay_all(SSERelay(strip_usage=strip), split(encode([first, HEL, LO, STOP, END]), [7, 90, 200]))
     events = [orjson.loads(e[0][len(b"data: "):]) for e in parse_sse(out) if e[0] != END]
@@ -297,3 +301,12 @@ def test_a_null_content_after_the_first_content_is_left_alone() -> None:
     later = b'data: {"id":"c1","choices":[{"index":0,"delta":{"role":"assistant","content":null}}]}'
     stream = encode([HEL, later, END])
     assert relay_all(SSERelay(strip_usage=False), [stream]) == stream
+
+
+def test_only_each_choices_first_chunk_is_opened() -> None:
+    two = b'data: {"id":"c1","choices":[{"index":0,"delta":{"role":"assistant","content":null}},{"index":1,"delta":{}}]}'
+    again = b'data: {"id":"c1","choices":[{"index":0,"delta":{}}]}'
+    out = relay_all(SSERelay(strip_usage=False), [encode([two, again, HEL, END])])
+    events = [orjson.loads(e[0][len(b"data: "):]) for e in parse_sse(out) if e[0] != END]
+    assert [c["delta"] for c in events[0]["choices"]] == [{"role": "assistant", "content": ""}] * 2
+    assert events[1]["choices"][0]["delta"] == {}  # not a first chunk any more

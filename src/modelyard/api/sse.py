@@ -4,8 +4,8 @@ The relay forwards each complete event as soon as it has arrived (never re-seria
 the way notes what the gateway needs: the moment of the first content (time to first token) and
 the ``usage`` chunk. When modelyard asked the upstream for usage on the client's behalf
 (``stream_options.include_usage``), the usage-only chunk is kept from the client, who did not ask
-for it. One event is rewritten: a first chunk whose delta has a ``role`` and no ``content`` gets
-``"content": ""``, as OpenAI's does (llama.cpp's servers send ``null``).
+for it. Chat chunks before the first content may be rewritten: each choice's first one gets
+``"role": "assistant"`` and ``"content": ""`` as OpenAI's has (llama.cpp's servers send ``null``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def error_event(exc: ModelyardError) -> bytes:
 
 
 class SSERelay:
-    __slots__ = ("_buf", "_strip_usage", "usage", "first_content", "content_events", "saw_done")
+    __slots__ = ("_buf", "_strip_usage", "usage", "first_content", "content_events", "saw_done", "_opened")
 
     def __init__(self, *, strip_usage: bool) -> None:
         self._buf = b""
@@ -34,6 +34,7 @@ class SSERelay:
         self.first_content = False  # set once an event carrying generated content went out
         self.content_events = 0
         self.saw_done = False
+        self._opened: set[int] = set()  # choice indexes whose first chunk went out
 
     def feed(self, chunk: bytes) -> bytes:
         """Take upstream bytes; return the complete events to forward now (maybe empty)."""
@@ -71,6 +72,26 @@ class SSERelay:
                 return kept + b"\n\n"
         return b""
 
+    def _open(self, choices: list[Any]) -> bool:
+        """Make a choice's first chat chunk carry ``"role": "assistant"`` and ``"content": ""`` as
+        OpenAI's does (llama.cpp sends ``"content": null``, or no role at all when the first tokens
+        decode to no text; clients that print ``delta.content`` printed None). In place; True if
+        anything changed. A delta with tool calls keeps its null content."""
+        changed = False
+        for ch in choices:
+            delta = ch.get("delta") if isinstance(ch, dict) else None
+            index = ch.get("index", 0) if isinstance(ch, dict) else None
+            if not isinstance(delta, dict) or not isinstance(index, int) or index in self._opened:
+                continue
+            self._opened.add(index)
+            if "role" not in delta:
+                delta["role"] = "assistant"
+                changed = True
+            if delta.get("content") is None and not delta.get("tool_calls") and not delta.get("function_call"):
+                delta["content"] = ""
+                changed = True
+        return changed
+
     def _inspect(self, event: bytes) -> bytes | None:
         """Record what this event says; return the event to forward (None: keep it back)."""
         data = _data_of(event)
@@ -95,7 +116,7 @@ class SSERelay:
             if not self.first_content:
                 if _has_content(choices):
                     self.first_content = True
-                elif _empty_role_delta(choices):  # llama.cpp's {"role": "assistant", "content": null}
+                elif self._open(choices):  # llama.cpp's {"role": "assistant", "content": null}
                     event = b"data: " + orjson.dumps(obj)
         usage = obj.get("usage")
         if isinstance(usage, dict):
@@ -111,18 +132,6 @@ def _data_of(event: bytes) -> bytes | None:
         return event[5:].lstrip(b" ")
     lines = [ln[5:].lstrip(b" ") for ln in event.split(b"\n") if ln.startswith(b"data:")]
     return b"\n".join(lines) if lines else None
-
-
-def _empty_role_delta(choices: list[Any]) -> bool:
-    """Give a role delta without content ``"content": ""``, as OpenAI's first chunk has (clients
-    that print ``delta.content`` would print None). Changes ``choices`` in place; True if it did."""
-    changed = False
-    for ch in choices:
-        delta = ch.get("delta") if isinstance(ch, dict) else None
-        if isinstance(delta, dict) and "role" in delta and delta.get("content") is None and not delta.get("tool_calls"):
-            delta["content"] = ""
-            changed = True
-    return changed
 
 
 def _has_content(choices: list[Any]) -> bool:
