@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from modelyard.errors import ModelyardError
 
@@ -39,6 +39,9 @@ class LimiterUnavailableError(ModelyardError):
     status = 503
     type = "server_error"
     code = "rate_limiter_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, **kw: Any) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, **kw)  # a refusal always says when to retry
 
 
 @dataclass(frozen=True, slots=True)
