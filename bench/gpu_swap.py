@@ -221,7 +221,7 @@ def main() -> int:
         for mb in (int(s) for s in args.sizes_mb.split(",")):
             r = bench_size(mb, dtype, device, args.reps, Path(d))
             results.append(r)
-            ms = lambda k: f"{r[k] * 1000:9.2f}"  # noqa: E731
+            ms = lambda k, r=r: f"{r[k] * 1000:9.2f}"  # noqa: E731
             print(
                 f"\n{r['bytes'] / 2**20:8.1f} MiB {r['dtype']}, {r['tensors']} tensors\n"
                 f"  raw pinned→device   {ms('raw_pinned_h2d_s')} ms  ({r['raw_pinned_h2d_GBps']:.1f} GB/s)\n"

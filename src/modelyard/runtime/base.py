@@ -5,6 +5,10 @@ All its methods are **blocking** and are called from a worker thread by their ow
 manager for residency, the local backend / batcher for inference); an engine never touches the
 event loop. One engine object serves one model for its whole life: ``load`` → (``to_host`` ⇄
 ``to_active``)* → ``unload``.
+
+An engine may also offer ``prepare(artifact_path, options)``: what the first load in a process
+would otherwise pay (heavy imports, first-time code paths), run once at server start on a spare
+engine object before any load (``backends/local_models.prepare_engines``). It keeps nothing loaded.
 """
 
 from __future__ import annotations
