@@ -98,8 +98,8 @@ class Services:
                 await self.ring.start()
             except ModelyardError as exc:
                 log.error("virtual keys not loaded at start (retrying in the background): %s", exc.message)
-        if self.memory is not None:
-            await self.memory.start()  # preloads pinned/preload models, starts keep-alive
+        if self.local is not None:
+            await self.local.start()  # engines' imports (begun at build), then preloads and keep-alive
 
     async def aclose(self) -> None:
         if self.local is not None:
