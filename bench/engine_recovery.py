@@ -90,7 +90,7 @@ def run(args: argparse.Namespace, work: Path, src: Path | None, label: str) -> d
     results.sort()
     crash = results[0]  # the first request sent is the one the engine dies in
     ok_ends = sorted(e for _, e, s in results if s == 200)
-    gaps = [b - a for a, b in zip([0.0, *ok_ends], ok_ends)]
+    gaps = [b - a for a, b in zip([0.0, *ok_ends], ok_ends, strict=False)]
     refused = [s for _, _, s in results if s != 200]
     lat = [e - s for s, e, st in results if st == 200]
     return {

@@ -44,6 +44,7 @@ from modelyard.errors import (
 )
 from modelyard.observability.logging import AccessLog
 from modelyard.observability.metrics import UNKNOWN_MODEL, Metrics
+from modelyard.observability.loop_lag import GcPauses, LoopLagMonitor
 from modelyard.observability.spend_metrics import register_spend
 from modelyard.routing.breaker import Clock
 from modelyard.routing.router import Router
@@ -75,6 +76,8 @@ class Services:
     budgets: Budgets | None = None
     redis: Any = None  # the redis client shared by limiter and budgets (owned)
     draining: bool = False
+    loop_lag: LoopLagMonitor | None = None
+    gc_pauses: GcPauses | None = None
 
     @property
     def memory(self) -> MemoryManager | None:
@@ -86,6 +89,10 @@ class Services:
 
     async def start(self) -> None:
         self.access_log.start()
+        if self.loop_lag is not None:
+            self.loop_lag.start()
+        if self.gc_pauses is not None:
+            self.gc_pauses.start()
         if self.db is not None:
             try:
                 await self.db.start()  # versioned migrations, under a lock
@@ -117,6 +124,10 @@ class Services:
             await self.db.aclose()
         await self.pool.aclose()
         await self.access_log.aclose()
+        if self.loop_lag is not None:
+            await self.loop_lag.aclose()
+        if self.gc_pauses is not None:
+            self.gc_pauses.stop()
 
 
 def build_services(settings: Settings, *, access_log: AccessLog | None = None, clock: Clock = time.monotonic) -> Services:
@@ -177,6 +188,8 @@ def build_services(settings: Settings, *, access_log: AccessLog | None = None, c
         ring=ring,
         budgets=budgets,
         redis=redis,
+        loop_lag=LoopLagMonitor(metrics.registry),
+        gc_pauses=GcPauses(metrics.registry),
     )
 
 
@@ -260,6 +273,9 @@ class ModelyardApp:
             path = req.path
             gate = services.gate
             if path.startswith("/v1/"):
+                if services.draining:
+                    raise ShuttingDownError("the server is shutting down; retry the request (on another replica)",
+                                            retry_after_s=1.0, headers={"connection": "close"})
                 spend = services.spend
                 if spend is not None and spend.saturated and req.method == "POST":
                     raise SpendBackloggedError(
