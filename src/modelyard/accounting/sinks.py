@@ -6,8 +6,9 @@ Why not the SQLAlchemy engine that serves the reads (see docs/design/spend.md, "
   aiosqlite's thread. Each step releases the GIL and must take it back from the event loop; a busy
   loop holds it for its whole switch interval (5 ms), so under load every row waited for a GIL
   hand-off: ~850 rows/s while the gateway answered ~2,000 req/s. Here one stdlib ``sqlite3``
-  connection in a thread of its own inserts a whole batch with one multi-row ``INSERT OR IGNORE``
-  per chunk: one GIL release per chunk, and the database work runs in parallel with the loop.
+  connection in a thread of its own inserts a whole batch with multi-row ``INSERT OR IGNORE``
+  statements of a few fixed sizes (500, 50, 5 and 1 rows): a few GIL releases per batch, and
+  the database work runs in parallel with the loop.
 * **PostgreSQL**: one asyncpg connection of its own, ``COPY`` into a temporary staging table and
   one ``INSERT … SELECT … ON CONFLICT DO NOTHING`` per batch (COPY cannot skip duplicates itself);
   no SQLAlchemy parameter processing on the event loop.
@@ -46,10 +47,13 @@ def as_tuple(r: SpendRow) -> tuple[Any, ...]:
 class SqliteSink:
     """Inserts through one ``sqlite3`` connection that lives in (and is used only by) its own thread."""
 
-    def __init__(self, path: str, *, busy_timeout_ms: int = 5000, chunk_rows: int = 1000) -> None:
+    def __init__(self, path: str, *, busy_timeout_ms: int = 5000, chunk_rows: int = 500) -> None:
         self._path = path
         self._busy_timeout_ms = busy_timeout_ms
-        self._chunk = chunk_rows
+        # Statements for these row counts only: a statement per batch length would fill sqlite3's
+        # statement cache with prepared statements of up to 14k variables each (the soak's RSS
+        # grew ~80 MB that way before settling).
+        self._sizes = sorted({chunk_rows, max(1, chunk_rows // 10), max(1, chunk_rows // 100), 1}, reverse=True)
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="modelyard-spend-sqlite")
         self._conn: sqlite3.Connection | None = None
         self._stmts: dict[int, str] = {}
@@ -82,12 +86,14 @@ class SqliteSink:
         before = conn.total_changes
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for i in range(0, len(rows), self._chunk):
-                chunk = rows[i : i + self._chunk]
-                flat: list[Any] = []
-                for r in chunk:
-                    flat.extend(as_tuple(r))
-                conn.execute(self._stmt(len(chunk)), flat)
+            i = 0
+            for size in self._sizes:  # greedy: few distinct statements, however long the batch
+                while len(rows) - i >= size:
+                    flat: list[Any] = []
+                    for r in rows[i : i + size]:
+                        flat.extend(as_tuple(r))
+                    conn.execute(self._stmt(size), flat)
+                    i += size
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

@@ -7,6 +7,8 @@ so one pool and one migration run serve them all.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +42,21 @@ def database_url(settings: Settings) -> str:
     from modelyard.backends.local_models import data_dir  # heavy: only when a database is opened
 
     return settings.database.url or sqlite_url(data_dir(settings) / "modelyard.db")
+
+
+def _wal(cur: Any, busy_ms: int) -> None:
+    """``PRAGMA journal_mode = WAL``, retried: switching a new file to WAL takes an exclusive lock
+    and answers "database is locked" at once, without the busy handler, when another connection
+    (a second replica starting at the same moment) holds it."""
+    deadline = time.monotonic() + busy_ms / 1000
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 class Database:
@@ -90,7 +107,7 @@ class Database:
             def _pragmas(dbapi_conn: Any, _record: Any) -> None:
                 cur = dbapi_conn.cursor()
                 cur.execute(f"PRAGMA busy_timeout = {busy}")  # first: WAL itself may need the lock
-                cur.execute("PRAGMA journal_mode = WAL")  # readers never block the writer
+                _wal(cur, busy)  # readers never block the writer
                 cur.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe with WAL
                 cur.close()
 

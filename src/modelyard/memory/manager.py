@@ -55,6 +55,7 @@ from modelyard.memory.records import (
 )
 from modelyard.observability.memory_metrics import MemoryMetrics
 from modelyard.runtime.base import Engine, Footprint
+from modelyard.runtime.pages import trim_heap
 
 log = logging.getLogger("modelyard.memory")
 
@@ -511,6 +512,7 @@ class MemoryManager:
             return
         m.active_bytes = 0
         self._check()
+        await self._run(trim_heap)
         m.demotions += 1
         self._set_state(m, ModelState.host)
         self._transition(m, Tier.active, Tier.host, self._clock() - t0)
@@ -527,6 +529,7 @@ class MemoryManager:
                 failed = exc
         m.engine, m.active_bytes, m.host_bytes = None, 0, 0
         self._check()
+        await self._run(trim_heap)  # the freed model back to the OS, not left to fragment the heap
         if failed is not None:
             self._note_failure(m, failed, "unload")
         self._set_state(m, ModelState.failed if failed else ModelState.disk)

@@ -117,3 +117,19 @@ def allocated_bytes() -> int:
         with open("/proc/self/statm") as f:
             fields = f.read().split()
         return (int(fields[1]) - int(fields[2])) * _PAGE
+
+
+def trim_heap() -> bool:
+    """Give the memory freed by an unloaded model back to the OS (glibc ``malloc_trim(0)``).
+
+    glibc keeps freed chunks in its arenas: after a model's tensors, KV cache and tokenizer are
+    freed, much of it stays resident. Measured, loading and unloading SmolLM2 (llama.cpp) 15 times
+    in one process: anonymous RSS +4.6 MB per cycle without a trim, flat after the first few with
+    one (torch models: +0.3 MB per cycle → 0). False where there is no glibc (nothing to do)."""
+    try:
+        fn = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return False
+    fn.argtypes = [ctypes.c_size_t]
+    fn(0)
+    return True
