@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import sqlite3
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,8 +91,10 @@ class SqliteSink:
             for size in self._sizes:  # greedy: few distinct statements, however long the batch
                 while len(rows) - i >= size:
                     flat: list[Any] = []
-                    for r in rows[i : i + size]:
+                    for k, r in enumerate(rows[i : i + size], 1):
                         flat.extend(as_tuple(r))
+                        if k % 100 == 0:
+                            time.sleep(0)  # let the event loop have the GIL: it waits up to 5 ms otherwise
                     conn.execute(self._stmt(size), flat)
                     i += size
             conn.execute("COMMIT")

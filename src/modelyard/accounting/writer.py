@@ -98,6 +98,7 @@ class SpendWriter:
         self._stuck_after = stuck_after_s
         self._clock = clock
         self._buf: deque[SpendRow] = deque()
+        self._sizes: deque[int] = deque()  # row_bytes of each buffered row, in step with _buf
         self._buf_bytes = 0
         self._lock = asyncio.Lock()  # one flush at a time
         self._wake = asyncio.Event()
@@ -125,8 +126,10 @@ class SpendWriter:
         if self._closed or len(self._buf) >= 4 * self._max_rows or self._buf_bytes >= 4 * self._max_bytes:
             self.dropped += 1
             return False
+        size = row_bytes(row)
         self._buf.append(row)
-        self._buf_bytes += row_bytes(row)
+        self._sizes.append(size)
+        self._buf_bytes += size
         n = len(self._buf)
         if n >= self._max_batch:
             self._wake.set()
@@ -208,6 +211,7 @@ class SpendWriter:
             log.error("spend writer closed with %d rows that neither the database nor the spool took (%s)",
                       len(self._buf), self.last_error)
             self._buf.clear()
+            self._sizes.clear()
             self._buf_bytes = 0
         await self._spool.aclose()
 
@@ -245,17 +249,21 @@ class SpendWriter:
                     return
 
     def _take(self, n: int) -> list[SpendRow]:
-        buf = self._buf
-        batch = [buf.popleft() for _ in range(min(n, len(buf)))]
-        self._buf_bytes -= sum(row_bytes(r) for r in batch)
+        buf, sizes = self._buf, self._sizes
+        n = min(n, len(buf))
+        batch = [buf.popleft() for _ in range(n)]
+        self._buf_bytes -= sum([sizes.popleft() for _ in range(n)])
         return batch
 
     def _putback(self, batch: list[SpendRow], *, tail: bool = False) -> None:
+        sizes = [row_bytes(r) for r in batch]
         if tail:
             self._buf.extend(batch)
+            self._sizes.extend(sizes)
         else:
             self._buf.extendleft(reversed(batch))
-        self._buf_bytes += sum(row_bytes(r) for r in batch)
+            self._sizes.extendleft(reversed(sizes))
+        self._buf_bytes += sum(sizes)
 
     def _db_due(self) -> bool:
         return self._clock() >= self._retry_at
@@ -308,9 +316,10 @@ class SpendWriter:
             low_rows, low_bytes = self._max_rows * 3 // 4, self._max_bytes * 3 // 4
             while len(self._buf) > low_rows or self._buf_bytes > low_bytes:
                 n = min(self._max_batch, max(1, len(self._buf) - low_rows))
-                batch = [self._buf.pop() for _ in range(min(n, len(self._buf)))]
+                n = min(n, len(self._buf))
+                batch = [self._buf.pop() for _ in range(n)]
                 batch.reverse()
-                self._buf_bytes -= sum(row_bytes(r) for r in batch)
+                self._buf_bytes -= sum([self._sizes.pop() for _ in range(n)])
                 if not await self._to_spool(batch):
                     self._putback(batch, tail=True)
                     self._spill_retry_at = self._clock() + self._interval
