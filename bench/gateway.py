@@ -109,6 +109,22 @@ def machine_busy_s() -> float:
     return (sum(f[:8]) - f[3] - f[4]) / _CLK_TCK
 
 
+def scrape(url: str, timeout: float = 10.0) -> list[tuple[str, str, float]]:
+    """``GET url/metrics`` as (name, labels, value) samples (labels: the text between the braces)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics", timeout=timeout) as r:
+        text = r.read().decode()
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, _, labels = head.partition("{")
+        out.append((name, labels.rstrip("}"), float(value)))
+    return out
+
+
 class LineReader:
     """Lines from a pipe, with a deadline (select + os.read; no blocking forever)."""
 

@@ -45,7 +45,7 @@ import aiohttp
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from gateway import Child, machine_info  # noqa: E402
+from gateway import Child, machine_info, scrape  # noqa: E402
 
 MASTER = "sk-soak-master-key-0123"
 REAL = ("text-embedding", "intent", "moderation", "chat")
@@ -62,15 +62,12 @@ def _status(pid: int) -> dict[str, int]:
 
 
 def _metrics(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
-        text = r.read().decode()
     out: dict[str, float] = {"transitions": 0.0}
-    for line in text.splitlines():
-        if line.startswith("modelyard_spend_") and " " in line:
-            name, _, v = line.rpartition(" ")
-            out[name] = float(v)
-        elif line.startswith("modelyard_model_transitions_total"):
-            out["transitions"] += float(line.rpartition(" ")[2])
+    for name, _, value in scrape(url):
+        if name.startswith("modelyard_spend_"):
+            out[name] = value
+        elif name == "modelyard_model_transitions_total":
+            out["transitions"] += value
     return out
 
 
@@ -256,37 +253,31 @@ def run(args: argparse.Namespace) -> dict:
     return summarize(args, results, samples, events, duration, rows, final, admin)
 
 
-def _pg(args: argparse.Namespace) -> tuple[str, str, Any]:
+def _pg_admin(args: argparse.Namespace, sql: str) -> None:
     import asyncpg
 
-    from modelyard.testing.fault_proxy import FaultProxy
-
-    name = f"modelyard_soak_{uuid.uuid4().hex[:8]}"
-
-    async def create() -> None:
+    async def run() -> None:
         conn = await asyncpg.connect(args.pg_admin)
         try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            await conn.execute(sql)
         finally:
             await conn.close()
 
-    asyncio.run(create())
+    asyncio.run(run())
+
+
+def _pg(args: argparse.Namespace) -> tuple[str, str, Any]:
+    from modelyard.testing.fault_proxy import FaultProxy
+
+    name = f"modelyard_soak_{uuid.uuid4().hex[:8]}"
+    _pg_admin(args, f'CREATE DATABASE "{name}"')
     proxy = FaultProxy("127.0.0.1", 5432).start() if args.db_down else None
     port = proxy.port if proxy else 5432
     return f"postgresql+asyncpg://postgres@127.0.0.1:{port}/{name}", name, proxy
 
 
 def _pg_drop(args: argparse.Namespace, name: str) -> None:
-    import asyncpg
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(args.pg_admin)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+    _pg_admin(args, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _count_rows(db: Path, url: str | None) -> int:

@@ -36,14 +36,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from decimal import Decimal
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from gateway import Child, chat_body, machine_info, run_loadgen  # noqa: E402
+from gateway import Child, chat_body, machine_info, run_loadgen, scrape  # noqa: E402
 
 from modelyard.accounting.store import SpendRow, SpendStore  # noqa: E402
 
@@ -78,15 +77,12 @@ async def capacity_idle(url: str, fast: bool, n: int) -> float:
 
 
 def _metrics(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
-        text = r.read().decode()
     out: dict[str, float] = {"requests": 0.0}
-    for line in text.splitlines():
-        if line.startswith("modelyard_spend_"):
-            name, _, v = line.rpartition(" ")
-            out[name.split("{")[0]] = float(v)
-        elif line.startswith("modelyard_requests_total{") and 'model="bench-model"' in line:
-            out["requests"] += float(line.rpartition(" ")[2])
+    for name, labels, value in scrape(url, timeout=5):
+        if name.startswith("modelyard_spend_"):
+            out[name] = value
+        elif name == "modelyard_requests_total" and 'model="bench-model"' in labels:
+            out["requests"] += value
     return out
 
 

@@ -25,12 +25,11 @@ import json
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from gateway import PATH, Child, chat_body, machine_info, run_loadgen  # noqa: E402
+from gateway import PATH, Child, chat_body, machine_info, run_loadgen, scrape  # noqa: E402
 
 TARGET_ADDED_P99_MS = 2.0
 TARGET_TAIL_RATIO = 2.0
@@ -38,25 +37,19 @@ TARGET_TAIL_RATIO = 2.0
 
 def histograms(url: str) -> dict[str, dict[str, float]]:
     """{series: {"count", "sum", "le=<b>": cumulative}} for the lag and GC histograms."""
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
-        text = r.read().decode()
     out: dict[str, dict[str, float]] = {}
-    for line in text.splitlines():
-        if not line.startswith(("modelyard_event_loop_lag_seconds", "modelyard_gc_pause_seconds")):
+    for name, labels, value in scrape(url):
+        if not name.startswith(("modelyard_event_loop_lag_seconds", "modelyard_gc_pause_seconds")) or name.endswith("_created"):
             continue
-        name, _, value = line.rpartition(" ")
-        base = name.split("{")[0]
-        if base.endswith("_created"):
-            continue
-        gen = name.split('generation="')[1].split('"')[0] if "generation=" in name else None
-        series = base.replace("_bucket", "").replace("_count", "").replace("_sum", "") + (f"[gen {gen}]" if gen else "")
-        d = out.setdefault(series, {})
-        if base.endswith("_count"):
-            d["count"] = float(value)
-        elif base.endswith("_sum"):
-            d["sum"] = float(value)
-        elif 'le="' in name:
-            d["le=" + name.split('le="')[1].split('"')[0]] = float(value)
+        gen = labels.split('generation="')[1].split('"')[0] if "generation=" in labels else None
+        base = name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum")
+        d = out.setdefault(base + (f"[gen {gen}]" if gen else ""), {})
+        if name.endswith("_count"):
+            d["count"] = value
+        elif name.endswith("_sum"):
+            d["sum"] = value
+        elif 'le="' in labels:
+            d["le=" + labels.split('le="')[1].split('"')[0]] = value
     return out
 
 
