@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from modelyard.runtime.pages import drop_from_cache  # noqa: E402
 from modelyard.runtime.torch_swap import FlatWeights, read_file_to_device  # noqa: E402
 
 
@@ -88,15 +89,6 @@ def as_buffer(t: torch.Tensor) -> memoryview:
     """A writable view of a contiguous CPU tensor's bytes (no numpy needed)."""
     n = t.numel() * t.element_size()
     return memoryview((ctypes.c_ubyte * n).from_address(t.data_ptr())).cast("B")
-
-
-def drop_cache(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def bench_size(mb: int, dtype: torch.dtype, device: torch.device, reps: int, tmp: Path) -> dict:
@@ -171,12 +163,12 @@ def bench_size(mb: int, dtype: torch.dtype, device: torch.device, reps: int, tmp
         fresh.to(device)
         sync()
 
-    r["disk_flat_to_active_s"] = timed(disk_flat, reps, setup=lambda: drop_cache(str(flat_file)))
+    r["disk_flat_to_active_s"] = timed(disk_flat, reps, setup=lambda: drop_from_cache(str(flat_file)))
     r["disk_from_pretrained_style_s"] = timed(
-        disk_from_pretrained_style, min(reps, 3), setup=lambda: drop_cache(str(sd_file))
+        disk_from_pretrained_style, min(reps, 3), setup=lambda: drop_from_cache(str(sd_file))
     )
-    r["disk_naive_to_active_s"] = timed(disk_naive, reps, setup=lambda: drop_cache(str(sd_file)))
-    r["raw_file_read_s"] = timed(lambda: Path(flat_file).read_bytes(), reps, setup=lambda: drop_cache(str(flat_file)))
+    r["disk_naive_to_active_s"] = timed(disk_naive, reps, setup=lambda: drop_from_cache(str(sd_file)))
+    r["raw_file_read_s"] = timed(lambda: Path(flat_file).read_bytes(), reps, setup=lambda: drop_from_cache(str(flat_file)))
     flat_file.unlink()
     sd_file.unlink()
 
