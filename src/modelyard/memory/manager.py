@@ -38,7 +38,6 @@ from modelyard.errors import (
     ModelNotReadyError,
     InsufficientMemoryError,
     InvalidRequestError,
-    ModelLoadError,
     ModelNotFoundError,
     ModelUnavailableError,
     ModelyardError,
@@ -249,7 +248,7 @@ class MemoryManager:
         moved: list[str] = []
         async with self._lock:
             for m in list(self._models.values()):
-                if self._expired(m):
+                if m.expired(self._clock()):
                     await self._demote_idle(m)
                     moved.append(m.spec.name)
         return moved
@@ -554,12 +553,6 @@ class MemoryManager:
             self._note_failure(m, failed, "load")
         self._set_state(m, ModelState.failed if failed is not None else ModelState.disk)
 
-    def _expired(self, m: ModelRecord) -> bool:
-        ka = m.spec.keep_alive_s
-        if m.state is not ModelState.active or m.pinned or m.in_flight or m.waiting or ka is None or ka < 0:
-            return False
-        return ka == 0 or self._clock() - (m.last_used or 0.0) > ka
-
     async def _demote_idle(self, m: ModelRecord) -> None:
         if m.spec.keep_alive_s != 0 and m.engine is not None and m.engine.supports_host_tier:
             p = plan_demote(m.spec.name, self._residents(), self._budgets)
@@ -570,7 +563,7 @@ class MemoryManager:
 
     async def _expire_one(self, m: ModelRecord) -> None:
         async with self._lock:
-            if not self._closing and self._expired(m):
+            if not self._closing and m.expired(self._clock()):
                 await self._demote_idle(m)
 
     async def _reap_loop(self, interval: float) -> None:
@@ -615,22 +608,8 @@ class MemoryManager:
                 log.exception("on_transition hook raised")
 
     def _note_failure(self, m: ModelRecord, exc: BaseException, what: str) -> None:
-        if isinstance(exc, ModelyardError):
-            detail = exc.message
-        elif isinstance(exc, asyncio.CancelledError):
-            detail = "cancelled"
-        else:
-            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        m.error = f"{what} failed: {detail}"
-        if what in ("load", "warm-up", "host → active"):
-            m.load_failures += 1
-            if self._metrics is not None:
-                self._metrics.load_failures.labels(m.spec.name).inc()
-        log.warning("model %r: %s", m.spec.name, m.error)
+        if m.note_failure(exc, what) and self._metrics is not None:
+            self._metrics.load_failures.labels(m.spec.name).inc()
 
     def _raise_load_error(self, m: ModelRecord, exc: BaseException) -> None:
-        """Waiters see a ModelLoadError carrying the recorded reason (the engine's own if it
-        raised one); cancellation stays cancellation."""
-        if isinstance(exc, (asyncio.CancelledError, ModelLoadError)):
-            raise exc
-        raise ModelLoadError(f"model {m.spec.name!r}: {m.error}") from exc
+        raise m.load_error(exc)

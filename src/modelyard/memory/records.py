@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from modelyard.errors import ModelNotReadyError, ModelyardError
+from modelyard.errors import ModelLoadError, ModelNotReadyError, ModelyardError
 from modelyard.memory.policy import Tier
 from modelyard.runtime.base import Engine, Footprint, LoadOptions
 
@@ -92,6 +92,37 @@ class ModelRecord:
         if self.state in (ModelState.loading, ModelState.warming) and self.move_started is not None:
             return max(0.0, (load or 0.0) - (now - self.move_started))
         return load
+
+    def expired(self, now: float) -> bool:
+        """Idle on the active tier for longer than its keep-alive (0: as soon as idle)."""
+        ka = self.spec.keep_alive_s
+        if self.state is not ModelState.active or self.pinned or self.in_flight or self.waiting or ka is None or ka < 0:
+            return False
+        return ka == 0 or now - (self.last_used or 0.0) > ka
+
+    def note_failure(self, exc: BaseException, what: str) -> bool:
+        """Record why ``what`` failed (shown by /admin/models); True if it was a load that failed."""
+        if isinstance(exc, ModelyardError):
+            detail = exc.message
+        elif isinstance(exc, asyncio.CancelledError):
+            detail = "cancelled"
+        else:
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        self.error = f"{what} failed: {detail}"
+        log.warning("model %r: %s", self.spec.name, self.error)
+        if what in ("load", "warm-up", "host → active"):
+            self.load_failures += 1
+            return True
+        return False
+
+    def load_error(self, exc: BaseException) -> BaseException:
+        """What waiters see: a ModelLoadError carrying the recorded reason (the engine's own if it
+        raised one); cancellation stays cancellation."""
+        if isinstance(exc, (asyncio.CancelledError, ModelLoadError)):
+            return exc
+        err = ModelLoadError(f"model {self.spec.name!r}: {self.error}")
+        err.__cause__ = exc
+        return err
 
     def not_ready(self, now: float, waited: float) -> ModelNotReadyError:
         eta = self.ready_in_s(now)
