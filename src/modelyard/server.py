@@ -1,8 +1,9 @@
 """Running the app under uvicorn (uvloop + httptools), with modelyard's shutdown semantics.
 
-SIGTERM/SIGINT: mark the app draining (readiness 503, new /v1 requests 503 + Retry-After), after
-``server.shutdown_delay_s`` stop accepting, let in-flight requests and streams finish within
-``server.graceful_timeout_s``, flush the spend rows, stop the engines, close the upstream pool, exit 0. (uvicorn by
+SIGTERM/SIGINT: mark the app draining (readiness 503, new /v1 requests 503 + Retry-After) and keep
+the port open while requests are in flight (and for ``server.shutdown_delay_s`` at least), so new
+clients get a clean 503 rather than a refused connection; then stop accepting, let what is left
+finish within ``server.graceful_timeout_s``, flush the spend rows, stop the engines, close the upstream pool, exit 0. (uvicorn by
 default re-raises the captured signal after a graceful stop, which would make the exit status 143;
 a clean drain is a success, so modelyard exits 0.)
 """
@@ -46,11 +47,19 @@ class _Server(uvicorn.Server):
         self._captured_signals.clear()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Drain with the port still open: while requests are in flight (and for
+        ``server.shutdown_delay_s`` at least) new ones get a clean 503 + Retry-After instead of a
+        refused connection; then uvicorn's own shutdown with what is left of the grace period."""
         if self._app.services is not None:
             self._app.services.draining = True  # readiness 503; new /v1 requests 503 + Retry-After
-        delay = self._app.settings.server.shutdown_delay_s
-        if delay > 0:
-            await asyncio.sleep(delay)  # still accepting: clients get a clean 503, not a refused connection
+        loop = asyncio.get_running_loop()
+        settings = self._app.settings.server
+        deadline = loop.time() + settings.shutdown_delay_s + settings.graceful_timeout_s
+        if settings.shutdown_delay_s > 0:
+            await asyncio.sleep(settings.shutdown_delay_s)
+        while self.server_state.tasks and loop.time() < deadline and not self.force_exit:
+            await asyncio.sleep(0.05)
+        self.config.timeout_graceful_shutdown = max(0.1, deadline - loop.time())  # type: ignore[assignment]
         await super().shutdown(sockets)
 
 

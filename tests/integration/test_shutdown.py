@@ -19,14 +19,13 @@ from modelyard.engines.procs import pid_alive
 from .support import MockUpstream, ProcessPool, assert_error, deployment, model_cfg, wait_until
 
 MSG = [{"role": "user", "content": "hi"}]
-DELAY_S = 2.0
 ENGINE = [sys.executable, "-m", "modelyard.testing.mock_engine", "--port", "{port}", "--mode", "ok"]
 
 
-def _config(home: Path, mock: MockUpstream, **spend: object) -> dict:
+def _config(home: Path, mock: MockUpstream, *, delay: float = 0.0, **spend: object) -> dict:
     return {
         "memory": {"data_dir": str(home)},
-        "server": {"graceful_timeout_s": 10, "shutdown_delay_s": DELAY_S},
+        "server": {"graceful_timeout_s": 10, "shutdown_delay_s": delay},
         "spend": {"flush_interval_s": 0.2, **spend},
         "models": [
             model_cfg("m", deployment(mock, "up", timeout_s=30)),
@@ -64,8 +63,7 @@ def test_sigterm_drains_refuses_new_work_flushes_spend_and_stops_engines(procs: 
     t.start()
     wait_until(lambda: mock.stats()["in_flight"] == 1, 10, "the stream to start")
     gw.signal(signal.SIGTERM)
-    t_sig = time.monotonic()
-    with httpx.Client(base_url=gw.url, timeout=5) as c:  # a fresh connection, during the shutdown delay
+    with httpx.Client(base_url=gw.url, timeout=5) as c:  # a fresh connection, while the stream drains
         served_before = []  # the signal is acted on at uvicorn's next tick (≤ 0.1 s): those are served
 
         def attempt() -> httpx.Response | None:
@@ -76,7 +74,7 @@ def test_sigterm_drains_refuses_new_work_flushes_spend_and_stops_engines(procs: 
 
         refused = wait_until(attempt, 3, "new requests refused")
         ready = c.get("/health/readiness")
-        assert time.monotonic() - t_sig < DELAY_S, "the checks must run inside the shutdown delay"
+        assert t.is_alive(), "the checks must run while the stream drains (it holds the port open)"
     assert ready.status_code == 503 and ready.json()["status"] == "draining"
     err = assert_error(refused, 503, code="shutting_down")  # (validating loads the OpenAPI spec: ~1 s)
     assert int(refused.headers["retry-after"]) >= 1 and "shutting down" in err["message"]

@@ -214,9 +214,8 @@ class ServerConfig(_Strict):
     port: Annotated[int, Field(ge=0, le=65535)] = 8400
     max_body_bytes: Annotated[int, Field(ge=1)] = 10 * 1024 * 1024
     graceful_timeout_s: NonNegFloat = 30.0
-    # After SIGTERM, keep accepting for this long, answering new /v1 requests 503 + Retry-After (and
-    # readiness 503) while in-flight ones go on, so a load balancer moves traffic away before the
-    # port closes; then stop accepting and drain for graceful_timeout_s.
+    # After SIGTERM new /v1 requests get 503 + Retry-After (readiness 503) while in-flight ones go
+    # on, and for at least this long, so a load balancer moves traffic away before the port closes.
     shutdown_delay_s: NonNegFloat = 0.0
     access_log: bool = True
 
