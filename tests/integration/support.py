@@ -51,6 +51,21 @@ def wait_until(pred: Callable[[], Any], timeout: float = 10.0, message: str = "c
         time.sleep(interval)
 
 
+def until_refused(client: httpx.Client, body: dict[str, Any], timeout: float = 3.0) -> tuple[httpx.Response, int]:
+    """POST ``body`` to /v1/chat/completions after a SIGTERM until the draining gateway answers 503;
+    (that 503, how many were still served first: the signal is acted on at uvicorn's next tick,
+    ≤ 0.1 s)."""
+    served = 0
+
+    def attempt() -> httpx.Response | None:
+        nonlocal served
+        r = client.post("/v1/chat/completions", json=body)
+        served += r.status_code == 200
+        return r if r.status_code == 503 else None
+
+    return wait_until(attempt, timeout, "new requests refused with 503 after SIGTERM"), served
+
+
 def closed_port() -> int:
     """A loopback port with nothing listening on it (bound, then released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -17,7 +17,7 @@ import openai
 import pytest
 import yaml
 
-from .support import REPO, Gateway, MockUpstream, ProcessPool, deployment, model_cfg, validate, wait_until
+from .support import REPO, Gateway, MockUpstream, ProcessPool, deployment, model_cfg, until_refused, validate, wait_until
 
 MSG = [{"role": "user", "content": "hello big world"}]
 REPLY = "mock reply to: hello big world"
@@ -117,16 +117,8 @@ def test_sigterm_drains_an_in_flight_stream(gateway, mock: MockUpstream) -> None
         signalled = time.monotonic()
         gw.signal(signal.SIGTERM)
         # while the stream drains, a new request gets a clean 503 (the port stays open), not a reset
-        served_before = []  # the signal is acted on at uvicorn's next tick (≤ 0.1 s): those are served
-
-        def attempt() -> httpx.Response | None:
-            r = fresh.post("/v1/chat/completions", json={"model": "m", "messages": MSG})
-            if r.status_code == 200:
-                served_before.append(r)
-            return r if r.status_code == 503 else None
-
         with httpx.Client(base_url=gw.url, timeout=5) as fresh:
-            refused = wait_until(attempt, 3, "new requests refused with 503 after SIGTERM")
+            refused, served_before = until_refused(fresh, {"model": "m", "messages": MSG})
         assert refused.json()["error"]["code"] == "shutting_down" and int(refused.headers["retry-after"]) >= 1
         body = raw.read()
     t.join(15)
@@ -139,7 +131,7 @@ def test_sigterm_drains_an_in_flight_stream(gateway, mock: MockUpstream) -> None
     assert code is not None, f"gateway still running {grace + 5}s after SIGTERM"
     assert time.monotonic() - signalled < grace + 2
     assert code == 0, gw.describe()
-    assert mock.stats()["completed"] == 2 + len(served_before) and mock.stats()["disconnects"] == 0
+    assert mock.stats()["completed"] == 2 + served_before and mock.stats()["disconnects"] == 0
 
 
 def _post_in_thread(gw: Gateway, body: dict) -> tuple[threading.Thread, dict[str, object]]:

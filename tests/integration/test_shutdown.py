@@ -16,7 +16,7 @@ import httpx
 
 from modelyard.engines.procs import pid_alive
 
-from .support import MockUpstream, ProcessPool, assert_error, deployment, model_cfg, wait_until
+from .support import MockUpstream, ProcessPool, assert_error, deployment, model_cfg, until_refused, wait_until
 
 MSG = [{"role": "user", "content": "hi"}]
 ENGINE = [sys.executable, "-m", "modelyard.testing.mock_engine", "--port", "{port}", "--mode", "ok"]
@@ -64,15 +64,7 @@ def test_sigterm_drains_refuses_new_work_flushes_spend_and_stops_engines(procs: 
     wait_until(lambda: mock.stats()["in_flight"] == 1, 10, "the stream to start")
     gw.signal(signal.SIGTERM)
     with httpx.Client(base_url=gw.url, timeout=5) as c:  # a fresh connection, while the stream drains
-        served_before = []  # the signal is acted on at uvicorn's next tick (≤ 0.1 s): those are served
-
-        def attempt() -> httpx.Response | None:
-            r = c.post("/v1/chat/completions", json={"model": "m", "messages": MSG})
-            if r.status_code == 200:
-                served_before.append(r)
-            return r if r.status_code == 503 else None
-
-        refused = wait_until(attempt, 3, "new requests refused")
+        refused, served_before = until_refused(c, {"model": "m", "messages": MSG})
         ready = c.get("/health/readiness")
         assert t.is_alive(), "the checks must run while the stream drains (it holds the port open)"
     assert ready.status_code == 503 and ready.json()["status"] == "draining"
@@ -84,7 +76,7 @@ def test_sigterm_drains_refuses_new_work_flushes_spend_and_stops_engines(procs: 
     assert gw.wait(20) == 0, gw.describe()
     wait_until(lambda: not pid_alive(pid), 10, "the engine stopped with the gateway")
     # four requests, the stream, those served before the signal was acted on; the refusal served nothing
-    assert _rows(home / "modelyard.db") == 5 + len(served_before)
+    assert _rows(home / "modelyard.db") == 5 + served_before
 
 
 def test_sigkill_loses_at_most_the_last_flush_window_and_leaves_no_engine(procs: ProcessPool, mock: MockUpstream,
