@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
+from modelyard.config.routing import CascadeConfig, RoutingConfig
+
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
@@ -184,11 +186,12 @@ Deployment = Annotated[
 
 
 class ModelConfig(_Strict):
-    """A public model name and the deployments behind it."""
+    """A public model name and the deployments behind it (or, for a cascade, the models it asks)."""
 
     name: str = Field(min_length=1)
     aliases: list[str] = Field(default_factory=list)
-    deployments: list[Deployment] = Field(min_length=1)
+    deployments: list[Deployment] = Field(default_factory=list)
+    cascade: CascadeConfig | None = None
     fallbacks: list[str] = Field(default_factory=list)
     strategy: Strategy | None = None  # None → router.strategy
     retry: RetryConfig | None = None
@@ -198,6 +201,26 @@ class ModelConfig(_Strict):
     owned_by: str = "modelyard"
     rpm: Annotated[int, Field(ge=1)] | None = None  # requests per minute for the model, all keys together
     tpm: Annotated[int, Field(ge=1)] | None = None  # tokens per minute (estimate at admission, settled with usage)
+
+    @model_validator(mode="after")
+    def _deployment_keys(self) -> "ModelConfig":
+        if self.cascade is None and not self.deployments:
+            raise ValueError("give deployments (at least one) or a cascade")
+        if self.cascade is not None and self.deployments:
+            raise ValueError("a cascade has no deployments of its own (its tiers are models)")
+        # One identity per deployment, computed here once and used by the router, the memory
+        # manager, metrics, spend rows and /admin/models: its name, else the model's name for the
+        # first deployment and "<model>/<index>" for the others.
+        named = [d if d.name else d.model_copy(update={"name": self.name if i == 0 else f"{self.name}/{i}"})
+                 for i, d in enumerate(self.deployments)]
+        object.__setattr__(self, "deployments", named)
+        return self
+
+    def key(self, i: int) -> str:
+        """The identity of deployment ``i``."""
+        name = self.deployments[i].name
+        assert name is not None
+        return name
 
 
 class RouterConfig(_Strict):
@@ -280,6 +303,7 @@ class Settings(_Strict):
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
     router: RouterConfig = RouterConfig()
+    routing: RoutingConfig = RoutingConfig()
     models: list[ModelConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -300,6 +324,58 @@ class Settings(_Strict):
                     problems.append(f"models[{i}].fallbacks[{j}]: unknown model {fb!r}")
                 elif fb in (m.name, *m.aliases):
                     problems.append(f"models[{i}].fallbacks[{j}]: a model cannot fall back to itself")
+        keys: dict[str, str] = {}
+        for i, m in enumerate(self.models):
+            for j, d in enumerate(m.deployments):
+                where = f"models[{i}].deployments[{j}]"
+                if d.name in keys:
+                    problems.append(f"{where}.name: deployment {d.name!r} already used by {keys[d.name]}")
+                keys.setdefault(d.name or "", where)
+        problems += _routing_problems(self, seen)
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+
+def _routing_problems(s: "Settings", seen: dict[str, str]) -> list[str]:
+    """Routes and cascade tiers that name no model, cascades that reach themselves."""
+    problems: list[str] = []
+    by_name = {n: m for m in s.models for n in (m.name, *m.aliases)}
+    auto = s.routing.auto
+    if auto is not None:
+        if auto.name in seen:
+            problems.append(f"routing.auto.name: {auto.name!r} is already a model ({seen[auto.name]})")
+        for task, route in auto.tasks.items():
+            for field, target in (("model", route.model), ("overflow", route.overflow)):
+                if target is not None and target not in by_name:
+                    problems.append(f"routing.auto.tasks.{task}.{field}: unknown model {target!r}")
+    for i, m in enumerate(s.models):
+        if m.cascade is None:
+            continue
+        for j, tier in enumerate(m.cascade.tiers):
+            where = f"models[{i}].cascade.tiers[{j}]"
+            for field, target in (("model", tier.model), ("judge", tier.judge)):
+                if target is None:
+                    continue
+                if target not in by_name:
+                    problems.append(f"{where}.{field}: unknown model {target!r}")
+                elif _reaches(by_name, target, m.name):
+                    problems.append(f"{where}.{field}: {target!r} leads back to cascade {m.name!r} (a cycle)")
+            if j == len(m.cascade.tiers) - 1 and (tier.threshold is not None or tier.thresholds):
+                problems.append(f"{where}: the last tier always answers; a threshold there means nothing")
+    return problems
+
+
+def _reaches(by_name: dict[str, "ModelConfig"], start: str, target: str) -> bool:
+    """Whether model ``start`` (through cascade tiers and judges) leads to model ``target``."""
+    stack, seen = [start], set()
+    while stack:
+        m = by_name.get(stack.pop())
+        if m is None or m.name in seen:
+            continue
+        if m.name == target:
+            return True
+        seen.add(m.name)
+        if m.cascade is not None:
+            stack += [t.model for t in m.cascade.tiers] + [t.judge for t in m.cascade.tiers if t.judge]
+    return False
