@@ -16,6 +16,8 @@ from modelyard.accounting.cli import spend as spend_group
 from modelyard.auth.cli import keys as keys_group
 from modelyard.clitools import load_or_exit
 from modelyard.registry.cli import models as models_group
+from modelyard.routing.router_cli import router as router_group
+from modelyard.routing.cascade_cli import cascade_group
 
 
 _load = load_or_exit
@@ -116,6 +118,8 @@ def validate(config_path: str) -> None:
 main.add_command(models_group)
 main.add_command(keys_group)
 main.add_command(spend_group)
+main.add_command(router_group)
+main.add_command(cascade_group)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -60,7 +60,7 @@ def test_engine_dying_mid_request_is_restarted_and_nothing_is_refused(procs: Pro
         while time.monotonic() < end:
             statuses.append(h.post("/v1/chat/completions", json=BODY).status_code)
     assert statuses and set(statuses) == {200}, statuses
-    assert gw.metric("modelyard_breaker_state", model="solo", deployment="solo/0") == 0
+    assert gw.metric("modelyard_breaker_state", model="solo", deployment="solo") == 0
 
 
 def test_requests_in_flight_and_arriving_during_the_restart_all_succeed(procs: ProcessPool, tmp_path: Path) -> None:

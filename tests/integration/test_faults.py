@@ -187,7 +187,7 @@ def test_every_request_has_one_spend_row_and_the_limiter_charged_exactly_that(wo
 
     def rows() -> dict[str, dict]:
         out: dict[str, dict] = {}
-        for model in ("solo", "guarded", "retried", "fragile"):
+        for model in ("solo", "guarded", "backup", "retried", "fragile"):  # a row names the model that answered
             page = w.http.get("/spend/logs", params={"model": model, "limit": 1000}).json()["data"]
             out.update({row["request_id"]: row for row in page})
         return out

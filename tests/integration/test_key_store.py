@@ -122,7 +122,8 @@ def key(now: dt.datetime = T0, **kw) -> tuple[str, VirtualKey]:
 async def test_migrations_create_the_table_once_and_share_the_database(url):
     a = Database(url)
     await a.start()
-    assert a.applied == [1, 2]
+    assert a.applied == [m.version for m in migrations.MIGRATIONS]
+    assert a.applied[:3] == [1, 2, 3]
     b = Database(url)
     await b.start()
     assert b.applied == []
@@ -143,11 +144,46 @@ async def test_upgrade_from_a_v1_database_applies_only_v2(url, monkeypatch):
         await old.aclose()
     new = Database(url)
     await new.start()
-    assert new.applied == [2]
+    assert new.applied == [m.version for m in migrations.MIGRATIONS[1:]]
     _, k = key()
     await KeyStore(new).create(k)
     assert [x.id for x in await KeyStore(new).list()] == [k.id]
     await new.aclose()
+
+
+async def test_upgrade_from_a_v2_database_keeps_its_keys_without_priority(url, monkeypatch):
+    """Keys written before v3 (no priority columns) read back with no priority and no header
+    right; keys written after keep theirs."""
+    with monkeypatch.context() as m:
+        m.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2])
+        old = Database(url)
+        await old.start()
+        assert old.applied == [1, 2]
+        _, before = key(alias="before")
+        row = {c: v for c, v in _v2_params(before).items()}
+        async with old.engine.begin() as conn:  # as a v2 store wrote it: the v2 columns only
+            cols = ", ".join(row)
+            await conn.execute(text(f"INSERT INTO virtual_keys ({cols}) VALUES ({', '.join(':' + c for c in row)})"), row)
+        await old.aclose()
+    new = Database(url)
+    await new.start()
+    assert 3 in new.applied and 1 not in new.applied and 2 not in new.applied
+    store = KeyStore(new)
+    got = await store.get(before.id)
+    assert got == before and got.priority is None and got.allow_priority_header is False
+    _, after = key(alias="after", priority="low", allow_priority_header=True)
+    await store.create(after)
+    got = await store.get(after.id)
+    assert (got.priority, got.allow_priority_header) == ("low", True) and got == after
+    await new.aclose()
+
+
+def _v2_params(k: VirtualKey) -> dict:
+    from modelyard.auth.store import _params  # noqa: PLC0415 - the store's own encoding, minus v3's columns
+
+    p = _params(k, k.updated_us)
+    del p["priority"], p["allow_priority_header"]
+    return p
 
 
 # --- the store -------------------------------------------------------------------------------
@@ -157,11 +193,12 @@ async def test_round_trip_preserves_every_field(store):
     _, k = key(
         dt.datetime(2025, 1, 31, 23, 59, 59, 999999, tzinfo=UTC), alias="ci", team_id="team-a", models=["chat", "ëmbed"],
         rpm_limit=60, tpm_limit=2**40, max_budget="1.234567891", budget_duration="1mo", duration="1mo",
-        metadata={"owner": "ops", "note": "ünïcode"},
+        metadata={"owner": "ops", "note": "ünïcode"}, priority="high", allow_priority_header=True,
     )  # fmt: skip
     await store.create(k)
     got = await store.get(k.id)
     assert got == k
+    assert (got.priority, got.allow_priority_header) == ("high", True)
     assert got.expires_at == dt.datetime(2025, 2, 28, 23, 59, 59, 999999, tzinfo=UTC) and got.created_at.tzinfo is not None
     _, bare = key()
     await store.create(bare)
@@ -257,6 +294,17 @@ async def test_a_corrupt_row_is_skipped_not_fatal(store, caplog):
     await store.create(bad)
     async with store.db.engine.begin() as conn:
         await conn.execute(text("UPDATE virtual_keys SET models = 'not json' WHERE id = :i"), {"i": bad.id})
+    with caplog.at_level(logging.ERROR, logger="modelyard.auth"):
+        assert [k.id for k in await store.list()] == [good.id]
+    assert f"virtual key {bad.id}: corrupt row skipped" in caplog.text
+
+
+async def test_a_row_with_an_unknown_priority_is_skipped(store, caplog):
+    good, bad = key(priority="high")[1], key(priority="low")[1]
+    await store.create(good)
+    await store.create(bad)
+    async with store.db.engine.begin() as conn:
+        await conn.execute(text("UPDATE virtual_keys SET priority = 'urgent' WHERE id = :i"), {"i": bad.id})
     with caplog.at_level(logging.ERROR, logger="modelyard.auth"):
         assert [k.id for k in await store.list()] == [good.id]
     assert f"virtual key {bad.id}: corrupt row skipped" in caplog.text

@@ -44,7 +44,8 @@ async def ring_on(url: str) -> tuple[Database, KeyRing]:
 
 async def test_create_prints_a_key_that_verifies(home):
     r = run(home, "create", "--alias", "ci", "--team", "t1", "--model", "chat", "--model", "embed", "--rpm", "60",
-            "--tpm", "1000", "--max-budget", "2.50", "--budget-duration", "30d", "--duration", "90d")  # fmt: skip
+            "--tpm", "1000", "--max-budget", "2.50", "--budget-duration", "30d", "--duration", "90d",
+            "--priority", "high", "--allow-priority-header")  # fmt: skip
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == 1 and split_key(lines[0]) is not None  # the key, alone: `KEY=$(modelyard keys create)`
@@ -60,8 +61,17 @@ async def test_create_prints_a_key_that_verifies(home):
     assert k is not None and k.alias == "ci" and k.team_id == "t1" and k.models == ("chat", "embed")
     assert (k.rpm_limit, k.tpm_limit, str(k.max_budget.normalize()), k.budget_duration) == (60, 1000, "2.5", "30d")
     assert k.expires_at is not None and (k.expires_at - k.created_at).days == 90
+    assert (k.priority, k.allow_priority_header) == ("high", True)
+    plain = ring.find(with_master.stdout.strip())
+    assert plain is not None and (plain.priority, plain.allow_priority_header) == (None, False)
     await ring.aclose()
     await db.aclose()
+    listed = run(home, "list")
+    row = next(line for line in listed.stdout.splitlines() if k.id in line)
+    assert "high+header" in row.split() and "priority" in listed.stdout.splitlines()[0].split()
+    info = {x["token"]: x for x in json.loads(run(home, "list", "--json").stdout)}
+    assert (info[k.id]["priority"], info[k.id]["allow_priority_header"]) == ("high", True)
+    assert (info[plain.id]["priority"], info[plain.id]["allow_priority_header"]) == (None, False)
 
 
 async def test_list_shows_keys_but_never_secrets(home):
@@ -110,6 +120,8 @@ async def test_revoke_by_key_or_id(home):
         (["create", "--budget-duration", "monthly"], "--budget-duration"),
         (["create", "--duration", "0d"], "--duration"),
         (["create", "--alias", ""], "--alias"),
+        (["create", "--priority", "urgent"], "--priority"),
+        (["create", "--priority", "HIGH"], "--priority"),
         (["create", "--bogus"], "--bogus"),
         (["revoke"], "KEY_OR_ID"),
         (["revoke", "not-a-key"], "KEY_OR_ID"),

@@ -184,6 +184,9 @@ def test_expired_key_is_401(gw: Gateway) -> None:
         ({"user_id": "u1", "metadata": ["x"]}, "metadata"),
         ({"spend": 3}, "spend"),
         ({"max_parallel_requests": 3}, "max_parallel_requests"),
+        ({"priority": "urgent"}, "priority"),
+        ({"priority": 2}, "priority"),
+        ({"allow_priority_header": "yes"}, "allow_priority_header"),
     ],
 )
 def test_generate_rejects_bad_fields(gw: Gateway, fields: dict[str, Any], param: str) -> None:
@@ -336,3 +339,61 @@ def test_refuses_a_public_address_without_keys(tmp_path) -> None:  # noqa: ANN00
     )
     assert out.returncode == 2
     assert "refusing to serve on 0.0.0.0 without API keys" in out.stderr and "Traceback" not in out.stderr
+
+
+# --- priorities (issue 11 §2) ---------------------------------------------------------------------
+
+
+def _doc_validate(gw: Gateway, body: Any, schema: str) -> None:
+    """``body`` against a schema of the gateway's own /openapi.json."""
+    import jsonschema  # noqa: PLC0415
+
+    doc = gw.http.get("/openapi.json").json()
+    jsonschema.Draft202012Validator(
+        {"$ref": f"#/components/schemas/{schema}", "components": doc["components"]}
+    ).validate(body)
+
+
+def test_key_priority_fields_through_generate_info_and_list(gw: Gateway) -> None:
+    request = {"key_alias": "batch-bot", "priority": "low", "allow_priority_header": True}
+    _doc_validate(gw, request, "ModelyardKeyGenerateRequest")
+    key, body = generate(gw, **request)
+    _doc_validate(gw, body, "ModelyardKeyGenerateResponse")
+    assert (body["priority"], body["allow_priority_header"]) == ("low", True)
+    _, plain = generate(gw)
+    assert (plain["priority"], plain["allow_priority_header"]) == (None, False)  # the rules decide; no header
+    info = gw.http.get("/key/info", params={"key": body["token"]}, headers=admin(gw)).json()
+    _doc_validate(gw, info, "ModelyardKeyInfoResponse")
+    assert (info["info"]["priority"], info["info"]["allow_priority_header"]) == ("low", True)
+    me = gw.http.get("/key/info", headers={"authorization": f"Bearer {key}"}).json()["info"]
+    assert me["priority"] == "low"
+    listed = gw.http.get("/key/list", headers=admin(gw)).json()
+    _doc_validate(gw, listed, "ModelyardKeyList")
+    by_token = {k["token"]: k for k in listed["keys"]}
+    assert by_token[body["token"]]["priority"] == "low" and by_token[plain["token"]]["priority"] is None
+
+
+def test_priority_header_needs_a_key_that_allows_it(gw: Gateway) -> None:
+    allowed, _ = generate(gw, allow_priority_header=True)
+    denied, _ = generate(gw, priority="high")  # a priority of its own, but no say per request
+    for key, level in ((allowed, "high"), (allowed, "Low"), (MASTER, "high")):
+        r = gw.http.post("/v1/chat/completions", json={"model": "chat", "messages": MSG},
+                         headers={"authorization": f"Bearer {key}", "x-priority": level})
+        assert r.status_code == 200, r.text
+    assert chat(gw, denied).status_code == 200  # without the header: served at the key's priority
+    r = gw.http.post("/v1/chat/completions", json={"model": "chat", "messages": MSG},
+                     headers={"authorization": f"Bearer {denied}", "x-priority": "high"})
+    err = assert_error(r, 403, code="priority_not_allowed", param="x-priority")
+    assert "allow_priority_header" in err["message"]
+    r = gw.http.post("/v1/chat/completions", json={"model": "chat", "messages": MSG},
+                     headers={"authorization": f"Bearer {allowed}", "x-priority": "asap"})
+    err = assert_error(r, 400, code="invalid_priority", param="x-priority")
+    assert "asap" in err["message"]
+    # through the official SDK, as a user would send it
+    with pytest.raises(openai.PermissionDeniedError) as ei:
+        gw.client(api_key=denied).chat.completions.create(model="chat", messages=MSG, extra_headers={"x-priority": "high"})
+    assert ei.value.code == "priority_not_allowed"
+    reply = gw.client(api_key=allowed).chat.completions.create(
+        model="chat", messages=MSG, extra_headers={"x-priority": "low"}
+    )
+    assert reply.choices[0].message.content

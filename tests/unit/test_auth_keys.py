@@ -282,6 +282,14 @@ def test_new_key_defaults():
     _, key = new_key(now=T0)
     assert key.models == () and key.expires_at is None and key.max_budget is None and key.metadata == {}
     assert (key.alias, key.team_id, key.rpm_limit, key.tpm_limit, key.budget_duration) == (None,) * 5
+    assert key.priority is None and key.allow_priority_header is False  # the rules decide; no header
+
+
+@pytest.mark.parametrize("level", ["high", "normal", "low"])
+def test_new_key_priority_levels(level):
+    _, key = new_key(now=T0, priority=level, allow_priority_header=True)
+    assert (key.priority, key.allow_priority_header) == (level, True)
+    assert key.to_info()["priority"] == level and key.to_info()["allow_priority_header"] is True
 
 
 @pytest.mark.parametrize(
@@ -321,6 +329,12 @@ def test_new_key_defaults():
         ({"metadata": {1: "a"}}, "metadata", "keys"),
         ({"metadata": {"a": 1}}, "metadata", "values"),
         ({"metadata": {f"k{i}": "v" for i in range(65)}}, "metadata", "at most 64"),
+        ({"priority": "urgent"}, "priority", "'urgent'"),
+        ({"priority": "HIGH"}, "priority", "high, normal, low"),  # the stored value is exact: no case folding
+        ({"priority": 2}, "priority", "int"),
+        ({"priority": ""}, "priority", "''"),
+        ({"allow_priority_header": "true"}, "allow_priority_header", "str"),
+        ({"allow_priority_header": 1}, "allow_priority_header", "true or false"),
     ],
 )
 def test_new_key_rejects_bad_fields(kwargs, param, says):
@@ -344,7 +358,8 @@ def test_to_info_and_display_never_show_secret_salt_or_digest():
     secret = split_key(plaintext)[1]
     info = key.to_info()
     assert set(info) == {"token", "key_alias", "team_id", "models", "rpm_limit", "tpm_limit", "max_budget",
-                         "budget_duration", "expires", "created_at", "revoked", "metadata"}  # fmt: skip
+                         "budget_duration", "expires", "created_at", "revoked", "metadata", "priority",
+                         "allow_priority_header"}  # fmt: skip
     text = json.dumps(info)  # also proves it is plain JSON
     for hidden in (secret, key.salt.hex(), key.digest.hex(), plaintext):
         assert hidden not in text and hidden not in key.display()

@@ -202,7 +202,7 @@ def test_every_problem_is_listed() -> None:
         "  server.port: Input should be less than or equal to 65535",
         "  server.hots: unknown field (did you mean 'host'?)",
         "  router.strategy: Input should be 'weighted', 'round_robin', 'least_busy' or 'lowest_latency'",
-        "  models[0].deployments: List should have at least 1 item after validation, not 0",
+        "  models[0]: give deployments (at least one) or a cascade",
         "  models[1].name: required field is missing",
         "  models[1].deployments[0].weight: Input should be greater than 0",
     ]

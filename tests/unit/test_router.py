@@ -438,3 +438,50 @@ async def test_stale_abandoned_stream_does_not_let_a_second_probe_through() -> N
     finally:
         env["a"].gate.set()
         await asyncio.gather(probe, second, return_exceptions=True)
+
+
+# --- issue 11: one identity per deployment, session affinity, cascades --------------------------
+
+
+def test_a_deployments_key_is_the_model_name_for_the_first_and_numbered_after() -> None:
+    cfg = ModelConfig(name="m", deployments=[OpenAIDeployment(api_base="http://127.0.0.1:9", model="x")] * 3)
+    env = Env(cfg)
+    assert [d.name for d in env.router.deployments()] == ["m", "m/1", "m/2"]
+    assert [cfg.key(i) for i in range(3)] == ["m", "m/1", "m/2"]
+
+
+async def test_prefer_takes_the_pinned_deployment_every_time() -> None:
+    env = Env(model("m", ["a", "b", "c"]), strategy=Strategy.round_robin)
+    group = env.router.resolve("m")
+
+    async def op(dep: DeploymentSlot):  # noqa: ANN202
+        return dep.name
+
+    picked = [(await env.router.run(group, op, prefer="b")).result for _ in range(6)]
+    assert picked == ["b"] * 6
+    free = [(await env.router.run(group, op)).result for _ in range(3)]
+    assert sorted(free) == ["a", "b", "c"]  # without a pin, round robin over all three
+
+
+async def test_prefer_falls_back_when_the_pinned_deployment_fails() -> None:
+    env = Env(model("m", ["a", "b"]), retries=1)
+    env["b"].script.append(err(503))
+    group = env.router.resolve("m")
+
+    def op(dep: DeploymentSlot):  # noqa: ANN202
+        return dep.backend.call("/chat/completions", b"{}", CallOptions(dep.timeout_s, "rid"))
+
+    routed = await env.router.run(group, op, prefer="b")
+    assert routed.deployment.name == "a" and routed.retries == 1
+    assert env.log == ["b", "a"]
+
+
+def test_a_cascade_group_has_no_deployments_and_no_admission_cap() -> None:
+    from modelyard.config.routing import CascadeConfig, CascadeTier
+
+    env = Env(model("small", ["s"]), model("big", ["b"]),
+              ModelConfig(name="both", cascade=CascadeConfig(tiers=[CascadeTier(model="small", threshold=-1.0),
+                                                                       CascadeTier(model="big")])))
+    group = env.router.resolve("both")
+    assert group.cascade is not None and group.deployments == []
+    assert group.admission.max_concurrency is None  # not 0: a cascade's tiers are admitted by their own groups

@@ -33,7 +33,7 @@ from .store import SpendRow, SpendStoreError
 
 COLUMNS = (
     "request_id", "ts_us", "key_hash", "team", "model", "deployment", "prompt_tokens", "completion_tokens",
-    "cost_nano", "priced", "latency_ms", "status", "fallbacks", "stream",
+    "cost_nano", "priced", "latency_ms", "status", "fallbacks", "stream", "hop",
 )
 
 
@@ -41,7 +41,7 @@ def as_tuple(r: SpendRow) -> tuple[Any, ...]:
     return (
         r.request_id, to_us(r.ts), r.key_hash, r.team, r.model, r.deployment, int(r.prompt_tokens),
         int(r.completion_tokens), to_nano(r.cost), bool(r.priced), float(r.latency_ms), int(r.status),
-        int(r.fallbacks), bool(r.stream),
+        int(r.fallbacks), bool(r.stream), int(r.hop),
     )
 
 

@@ -76,6 +76,7 @@ class SpendRow:
     status: int
     fallbacks: int = 0
     stream: bool = False
+    hop: int = 0  # a request's hops (cascade tiers) share its id: "<id>#<hop>", the answer's row is "<id>"
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -123,6 +124,7 @@ spend_rows = Table(
     Column("status", Integer),
     Column("fallbacks", Integer),
     Column("stream", Boolean),
+    Column("hop", Integer),
 )
 _t = spend_rows
 GROUPS: dict[str, Any] = {
@@ -150,6 +152,7 @@ def _params(r: SpendRow) -> dict[str, Any]:
         "status": int(r.status),
         "fallbacks": int(r.fallbacks),
         "stream": bool(r.stream),
+        "hop": int(r.hop),
     }
 
 
@@ -169,6 +172,7 @@ def _row(m: Any) -> SpendRow:
         status=int(m.status),
         fallbacks=int(m.fallbacks),
         stream=bool(m.stream),
+        hop=int(m.hop or 0),
     )
 
 

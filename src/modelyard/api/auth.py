@@ -53,6 +53,18 @@ class Principal:
     def team(self) -> str | None:
         return self.key.team_id if self.key is not None else None
 
+    @property
+    def priority(self) -> str | None:
+        """The key's priority level name ("high"/"normal"/"low"); None: the routing rules decide."""
+        return self.key.priority if self.key is not None else None
+
+    @property
+    def may_set_priority(self) -> bool:
+        """May this caller's requests set the ``x-priority`` header? The master key and a server
+        without keys (everyone on loopback is trusted alike) may; a virtual key only when made with
+        ``allow_priority_header``."""
+        return self.key is None or self.key.allow_priority_header
+
     def allows(self, *names: str) -> bool:
         """May this caller use a model known by any of ``names`` (requested name, canonical name)?"""
         if self.key is None or not self.key.models:

@@ -29,13 +29,12 @@ _REQUEST_ID_OK = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 class Request:
-    """One HTTP exchange. Owned by the task serving it; carries what the access log needs."""
+    """One HTTP exchange. Owned by the task serving it."""
 
     __slots__ = (
-        "scope", "receive", "send", "method", "path", "request_id", "t0", "model", "endpoint",
-        "deployment", "status", "prompt_tokens", "completion_tokens", "started", "finished",
-        "disconnected", "fallbacks", "extra_headers", "watcher", "price", "stream", "authorization",
-        "principal",
+        "scope", "receive", "send", "method", "path", "request_id", "t0", "model", "endpoint", "status",
+        "started", "finished", "disconnected", "extra_headers", "watcher", "authorization", "principal", "outcome",
+        "priority",
     )
 
     def __init__(self, scope: Scope, receive: Receive, send: Send, t0: float) -> None:
@@ -56,17 +55,15 @@ class Request:
         self.principal: Any = None  # api.auth.Principal, set before the handler runs
         self.model: str | None = None  # public model label (metrics/logs)
         self.endpoint: str = self.path
-        self.deployment: str | None = None
         self.status = 0
-        self.prompt_tokens: int | None = None
-        self.completion_tokens: int | None = None
         self.started = False  # response head sent
         self.finished = False  # last body byte sent
         self.disconnected = False
-        self.fallbacks = 0
         self.extra_headers: Headers = []
-        self.price: Any = None  # the answering model's price (spend rows)
-        self.stream = False
+        # accounting.outcome.Tally: the proxy's record of what answered (ended into an Outcome and
+        # handed to the recorder by the app, also when the request failed or was cancelled)
+        self.outcome: Any = None
+        self.priority = 1  # admission priority (routing.priority levels), decided by the proxy
         self.watcher: asyncio.Task[None] | None = None
 
     def watch_disconnect(self) -> None:

@@ -18,11 +18,12 @@ from modelyard.auth.keys import KEY_PREFIX, KeyFieldError, VirtualKey, new_key, 
 from modelyard.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from modelyard.limits.budget import period_of
 
-# LiteLLM's /key/generate fields modelyard honours; anything else is refused (a limit silently
-# ignored is worse than an error).
+# LiteLLM's /key/generate fields modelyard honours, and its own two (priority, allow_priority_header);
+# anything else is refused (a limit silently ignored is worse than an error).
 GENERATE_FIELDS = (
     "models", "rpm_limit", "tpm_limit", "max_budget", "budget_duration", "duration", "key_alias", "team_id", "metadata",
     "user_id",  # informational in LiteLLM as here: kept in the key's metadata
+    "priority", "allow_priority_header",  # modelyard's: the key's admission priority (routing.priority)
 )
 
 
@@ -76,6 +77,8 @@ def register(app: ModelyardApp) -> None:
                 budget_duration=data.get("budget_duration"),
                 duration=data.get("duration"),
                 metadata=metadata,
+                priority=data.get("priority"),
+                allow_priority_header=data.get("allow_priority_header"),
             )
         except KeyFieldError as exc:
             raise InvalidRequestError(str(exc), param=exc.param) from None

@@ -62,6 +62,9 @@ def register(app: ModelyardApp) -> None:
             for name, group in services().router.public_names()
             if who is None or who.allows(name, group.name)
         ]
+        auto = services().proxy.auto
+        if auto is not None and (who is None or who.allows(auto.name)):
+            data.append(_model_card(auto.name, "modelyard", services().router.created))
         await req.respond_json(200, {"object": "list", "data": data})
 
     async def get_model(req: Request) -> None:
@@ -72,6 +75,10 @@ def register(app: ModelyardApp) -> None:
             if public == name and (who is None or who.allows(public, group.name)):
                 await req.respond_json(200, _model_card(public, group.cfg.owned_by, group.created))
                 return
+        auto = services().proxy.auto
+        if auto is not None and name == auto.name and (who is None or who.allows(name)):
+            await req.respond_json(200, _model_card(name, "modelyard", services().router.created))
+            return
         raise ModelNotFoundError(f"The model {name!r} does not exist", param="model")
 
     app.route("/v1/chat/completions", "POST", chat_completions)

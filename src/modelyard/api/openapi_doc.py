@@ -38,6 +38,7 @@ _WHY = {
     "400": "The request is invalid (the message and `param` name the field).",
     "401": "Missing, malformed, unknown, revoked or expired API key.",
     "403": "The key may not do this (a model it may not use; an admin endpoint with a virtual key; "
+           "an `x-priority` header from a key without `allow_priority_header`; "
            "the admin API from a non-loopback client of a server without a master key).",
     "404": "Unknown model, path or object; or the feature is not configured here.",
     "409": "A conflict with the current state (a pinned model asked to move); an upstream's, passed on.",
@@ -193,6 +194,11 @@ SCHEMAS: dict[str, Any] = {
             "metadata": {"type": "object", "maxProperties": 63, "propertyNames": {"minLength": 1, "maxLength": 256},
                          "additionalProperties": {"type": "string", "maxLength": 4096}},
             "user_id": {"type": "string", "minLength": 1, "maxLength": 4096, "description": "Kept in the key's metadata."},
+            "priority": {"type": ["string", "null"], "enum": ["high", "normal", "low", None],
+                         "description": "modelyard's own: admission priority of the key's requests "
+                                        "(null: the routing rules decide)."},
+            "allow_priority_header": {"type": "boolean", "default": False,
+                                      "description": "modelyard's own: may the key's requests set x-priority."},
         },
     },
     "ModelyardKeyInfo": _obj(
@@ -204,9 +210,12 @@ SCHEMAS: dict[str, Any] = {
             "expires": {"type": ["string", "null"]}, "created_at": _STR, "revoked": {"type": "boolean"},
             "metadata": {"type": "object", "additionalProperties": _STR},
             "spend": {"type": "number"}, "budget_period_start": _STR, "budget_reset_at": _NULL_STR,
+            "priority": {"type": ["string", "null"], "enum": ["high", "normal", "low", None]},
+            "allow_priority_header": {"type": "boolean"},
         },
         required=("token", "key_alias", "team_id", "models", "rpm_limit", "tpm_limit", "max_budget",
-                  "budget_duration", "expires", "created_at", "revoked", "metadata"),
+                  "budget_duration", "expires", "created_at", "revoked", "metadata", "priority",
+                  "allow_priority_header"),
     ),
     "ModelyardKeyGenerateResponse": {"allOf": [
         _ref("ModelyardKeyInfo"),

@@ -24,7 +24,7 @@ from modelyard.config.schema import Settings
 from modelyard.db import Database, DatabaseError, database_url
 from modelyard.errors import ConfigError
 
-from .keys import ID_HEX, KEY_PREFIX, KeyFieldError, VirtualKey, new_key, split_key
+from .keys import ID_HEX, KEY_PREFIX, PRIORITIES, KeyFieldError, VirtualKey, new_key, split_key
 from .store import KeyStore
 
 T = TypeVar("T")
@@ -40,6 +40,8 @@ _OPTIONS = {
     "max_budget": "--max-budget",
     "budget_duration": "--budget-duration",
     "duration": "--duration",
+    "priority": "--priority",
+    "allow_priority_header": "--allow-priority-header",
 }
 
 
@@ -91,6 +93,14 @@ def keys() -> None:
 @click.option("--max-budget", default=None, help="spend limit in currency units, e.g. 10 or 2.50")
 @click.option("--budget-duration", default=None, help="budget period: 30s, 5m, 1h, 30d, 1mo (none: never resets)")
 @click.option("--duration", default=None, help="key lifetime, e.g. 90d (none: never expires)")
+@click.option(
+    "--priority", type=click.Choice(PRIORITIES), default=None,
+    help="admission priority of the key's requests (none: the routing rules decide)",
+)  # fmt: skip
+@click.option(
+    "--allow-priority-header", is_flag=True, default=False,
+    help="let the key's requests choose their priority with the x-priority header",
+)  # fmt: skip
 def create(
     config_path: str | None,
     alias: str | None,
@@ -101,12 +111,15 @@ def create(
     max_budget: str | None,
     budget_duration: str | None,
     duration: str | None,
+    priority: str | None,
+    allow_priority_header: bool,
 ) -> None:
     """Create a key and print it, alone on stdout; it is never shown again."""
     try:
         plaintext, key = new_key(
             now=dt.datetime.now(UTC), alias=alias, team_id=team, models=models, rpm_limit=rpm, tpm_limit=tpm,
-            max_budget=max_budget, budget_duration=budget_duration, duration=duration,
+            max_budget=max_budget, budget_duration=budget_duration, duration=duration, priority=priority,
+            allow_priority_header=allow_priority_header,
         )  # fmt: skip
     except KeyFieldError as exc:
         option = _OPTIONS.get(exc.param, exc.param)
@@ -149,12 +162,14 @@ def list_(config_path: str | None, include_revoked: bool, as_json: bool) -> None
         click.echo("no keys" + ("" if include_revoked else " (--all shows revoked ones)"))
         return
     now = dt.datetime.now(UTC)
-    headers = ("id", "alias", "team", "models", "rpm", "tpm", "budget", "period", "created", "expires", "status")
+    headers = ("id", "alias", "team", "models", "rpm", "tpm", "budget", "period", "priority", "created", "expires",
+               "status")
     rows = [
         (
             k.id, k.alias or "-", k.team_id or "-", ",".join(k.models) or "*",
             "-" if k.rpm_limit is None else str(k.rpm_limit), "-" if k.tpm_limit is None else str(k.tpm_limit),
             "-" if k.max_budget is None else f"{k.max_budget.normalize():f}", k.budget_duration or "-",
+            (k.priority or "-") + ("+header" if k.allow_priority_header else ""),
             _when(k.created_at), _when(k.expires_at), _status(k, now),
         )
         for k in found

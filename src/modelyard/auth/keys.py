@@ -10,7 +10,10 @@ row with one dict lookup instead of hashing against every stored key.
 
 Field names follow LiteLLM's ``/key/generate`` (``key_alias``, ``team_id``, ``models``,
 ``rpm_limit``, ``tpm_limit``, ``max_budget``, ``budget_duration``, ``duration``, ``metadata``) so
-that its clients and scripts work unchanged; validation errors name those fields.
+that its clients and scripts work unchanged; validation errors name those fields. Two fields are
+modelyard's own (LiteLLM has none): ``priority`` (``high``/``normal``/``low``; None: the routing
+rules decide, see ``routing.priority``) and ``allow_priority_header`` (may the key's requests set
+``x-priority`` themselves).
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, get_args
 
+from modelyard.config.routing import Level
 from modelyard.epoch import to_us
 
 KEY_PREFIX = "sk-my-"
@@ -46,6 +50,7 @@ MAX_TEXT = 256  # alias, team_id, a model name, a metadata key
 MAX_METADATA_VALUE = 4096
 MAX_METADATA_ITEMS = 64
 MAX_MODELS = 1000
+PRIORITIES: tuple[str, ...] = get_args(Level)  # ("high", "normal", "low")
 
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 _MAX_AMOUNT = {
@@ -162,6 +167,8 @@ class VirtualKey:
     revoked_at: dt.datetime | None
     updated_us: int  # microseconds since the epoch of the last change (create/revoke)
     metadata: dict[str, str] = field(default_factory=dict)
+    priority: str | None = None  # one of PRIORITIES; None: decided by the routing rules
+    allow_priority_header: bool = False  # may this key's requests set the x-priority header
 
     def display(self) -> str:
         """What messages and logs may show: the prefix and the id, never the secret."""
@@ -182,6 +189,8 @@ class VirtualKey:
             "created_at": self.created_at.isoformat(),
             "revoked": self.revoked_at is not None,
             "metadata": dict(self.metadata),
+            "priority": self.priority,
+            "allow_priority_header": self.allow_priority_header,
         }
 
 
@@ -281,6 +290,23 @@ def _metadata(value: object) -> dict[str, str]:
     return out
 
 
+def _priority(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in PRIORITIES:
+        shown = repr(value[:32]) if isinstance(value, str) else f"{type(value).__name__} {str(value)[:32]!r}"
+        raise KeyFieldError("priority", f"expected one of {', '.join(PRIORITIES)} (or null), got {shown}")
+    return value
+
+
+def _flag(param: str, value: object) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise KeyFieldError(param, f"expected true or false, got {type(value).__name__} {str(value)[:32]!r}")
+    return value
+
+
 def _duration(param: str, value: object) -> Duration | None:
     if value is None:
         return None
@@ -302,6 +328,8 @@ def new_key(
     budget_duration: str | None = None,
     duration: str | None = None,
     metadata: Mapping[str, str] | None = None,
+    priority: str | None = None,
+    allow_priority_header: bool | None = False,
 ) -> tuple[str, VirtualKey]:
     """A fresh key: ``(plaintext, VirtualKey)``. The plaintext exists only in this return value.
 
@@ -320,6 +348,8 @@ def new_key(
     _duration("budget_duration", budget_duration)
     lifetime = _duration("duration", duration)
     meta = _metadata(metadata)
+    level = _priority(priority)
+    may_set_priority = _flag("allow_priority_header", allow_priority_header)
     expires = add_duration(created, lifetime) if lifetime is not None else None
 
     key_id = secrets.token_hex(ID_HEX // 2)
@@ -341,5 +371,7 @@ def new_key(
         revoked_at=None,
         updated_us=to_us(created),
         metadata=meta,
+        priority=level,
+        allow_priority_header=may_set_priority,
     )
     return KEY_PREFIX + key_id + secret, key

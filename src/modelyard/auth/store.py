@@ -25,7 +25,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, insert, select, update
+from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -33,7 +33,7 @@ from modelyard.db import Database, DatabaseError
 
 from modelyard.epoch import from_us, to_us
 
-from .keys import VirtualKey
+from .keys import PRIORITIES, VirtualKey
 
 log = logging.getLogger("modelyard.auth")
 
@@ -69,6 +69,8 @@ virtual_keys = Table(
     Column("revoked_us", BigInteger),
     Column("updated_us", BigInteger),
     Column("metadata", Text),
+    Column("priority", String),  # v3: high/normal/low or NULL (the rules decide)
+    Column("allow_priority_header", Integer),  # v3: 0/1
 )
 _t = virtual_keys
 
@@ -90,6 +92,8 @@ def _params(k: VirtualKey, updated_us: int) -> dict[str, Any]:
         "revoked_us": to_us(k.revoked_at) if k.revoked_at is not None else None,
         "updated_us": updated_us,
         "metadata": orjson.dumps(k.metadata, option=orjson.OPT_SORT_KEYS).decode(),
+        "priority": k.priority,
+        "allow_priority_header": 1 if k.allow_priority_header else 0,
     }
 
 
@@ -101,6 +105,8 @@ def _key(m: Any) -> VirtualKey:
         raise ValueError("models is not a list of strings")
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise ValueError("metadata is not an object of strings")
+    if m.priority is not None and m.priority not in PRIORITIES:
+        raise ValueError("priority is not one of high, normal, low")
     return VirtualKey(
         id=m.id,
         salt=bytes.fromhex(m.salt),
@@ -117,6 +123,8 @@ def _key(m: Any) -> VirtualKey:
         revoked_at=from_us(m.revoked_us) if m.revoked_us is not None else None,
         updated_us=int(m.updated_us),
         metadata=metadata,
+        priority=m.priority,
+        allow_priority_header=bool(m.allow_priority_header),
     )
 
 

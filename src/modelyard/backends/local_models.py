@@ -132,14 +132,14 @@ def build_local_models(
     for m in settings.models:
         for i, d in enumerate(m.deployments):
             if isinstance(d, ProcessDeployment):
-                key = d.name or (m.name if i == 0 else f"{m.name}/{i}")
+                key = m.key(i)
                 _register_process(local, store, placer, key, m.name, d, pool or HTTPPool(), data_dir(settings))
         resolved = {i: _resolve(store, d) for i, d in enumerate(m.deployments) if isinstance(d, LocalDeployment)}
         mismatch = _replica_mismatch(m.name, resolved)
         for i, d in enumerate(m.deployments):
             if not isinstance(d, LocalDeployment):
                 continue
-            key = d.name or (m.name if i == 0 else f"{m.name}/{i}")
+            key = m.key(i)
             found = resolved[i]
             if isinstance(found, Manifest) and d.artifact in mismatch:
                 found = mismatch[d.artifact]

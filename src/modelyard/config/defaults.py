@@ -13,6 +13,11 @@ from modelyard.config.loader import settings_from_dict
 from modelyard.config.schema import Settings
 
 
+# Calibrated with `bench/cascade_tradeoff.py --limit 120` on the shipped eval set (84 items to
+# calibrate, 36 held out; target 95% of the coder's accuracy): docs/design/cascades.md.
+CASCADE_THRESHOLD = -0.39
+
+
 def default_config() -> dict[str, Any]:
     def local(artifact: str, **kw: Any) -> dict[str, Any]:
         return {"kind": "local", "artifact": artifact, **kw}
@@ -20,6 +25,18 @@ def default_config() -> dict[str, Any]:
     return {
         "memory": {"active": "auto", "host": "auto"},
         "router": {"retry": {"num_retries": 1}, "queue": {"size": 256, "ttl_s": 60}},
+        # model "auto": code goes to the coder (to chat when the coder is busy), the rest to chat
+        "routing": {
+            "auto": {
+                "default": "chat",
+                "tasks": {
+                    "code": {"model": "coder", "overflow": "chat", "overflow_queue_depth": 8},
+                    "chat": {"model": "chat"},
+                    "summarize": {"model": "chat"},
+                    "classify": {"model": "chat"},
+                },
+            },
+        },
         "models": [
             {
                 "name": "chat",
@@ -33,6 +50,13 @@ def default_config() -> dict[str, Any]:
                 "deployments": [local("coder", n_ctx=4096, n_parallel=2, keep_alive_s=600)],
                 "fallbacks": ["chat"],
                 "owned_by": "Qwen",
+            },
+            {
+                # the small model answers; when it is unsure (mean token logprob below the
+                # threshold) the coder answers instead (`modelyard cascade calibrate` tunes it)
+                "name": "cascade",
+                "cascade": {"tiers": [{"model": "chat", "threshold": CASCADE_THRESHOLD}, {"model": "coder"}]},
+                "owned_by": "modelyard",
             },
             {
                 "name": "text-embedding",

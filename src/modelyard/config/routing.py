@@ -58,6 +58,7 @@ class AutoConfig(_Strict):
     # the tasks that have them (code fences, stack traces, language keywords: routing/tasks.py).
     rules: dict[str, list[str]] | None = None
     classifier: str | None = "router-tasks"  # artifact name; None: rules only
+    embedder: str = "text-embedding"  # the embeddings model the classifier's vectors come from
     min_confidence: Annotated[float, Field(ge=0, le=1)] = 0.5
     context_chars: Annotated[int, Field(ge=64, le=100_000)] = 2000  # of the user's words, from the end
 

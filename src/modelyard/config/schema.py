@@ -326,6 +326,8 @@ class Settings(_Strict):
                     problems.append(f"models[{i}].fallbacks[{j}]: a model cannot fall back to itself")
         keys: dict[str, str] = {}
         for i, m in enumerate(self.models):
+            if seen.get(m.name) != f"models[{i}]":
+                continue  # its keys clash because its name does: that problem is already listed
             for j, d in enumerate(m.deployments):
                 where = f"models[{i}].deployments[{j}]"
                 if d.name in keys:
@@ -349,6 +351,8 @@ def _routing_problems(s: "Settings", seen: dict[str, str]) -> list[str]:
             for field, target in (("model", route.model), ("overflow", route.overflow)):
                 if target is not None and target not in by_name:
                     problems.append(f"routing.auto.tasks.{task}.{field}: unknown model {target!r}")
+        if auto.classifier is not None and auto.embedder not in by_name:
+            problems.append(f"routing.auto.embedder: unknown model {auto.embedder!r} (the classifier embeds with it)")
     for i, m in enumerate(s.models):
         if m.cascade is None:
             continue

@@ -66,8 +66,9 @@ class Budgets(Protocol):
 class _Seeder:
     """Single-flight seeding from the store; a store that fails seeds 0 (logged, rate-limited)."""
 
-    def __init__(self, seed: Seed) -> None:
+    def __init__(self, seed: Seed, clock: Callable[[], float] = time.monotonic) -> None:
         self._seed = seed
+        self._clock = clock  # only paces the warning (one per 10 s)
         self._inflight: dict[tuple[str, int], asyncio.Future[int]] = {}
         self._last_warn = float("-inf")
 
@@ -81,7 +82,7 @@ class _Seeder:
         try:
             value = await self._seed(key_id, start)
         except DatabaseError as exc:
-            now = time.monotonic()
+            now = self._clock()
             if now - self._last_warn > 10.0:
                 self._last_warn = now
                 log.warning("budget seed from the spend store failed (%s); counting from 0 this period", exc.message)
@@ -143,11 +144,13 @@ class RedisBudgets:
     """Counters shared by every replica through Redis (``limits.resp`` needs ``hiredis``, an
     optional dependency, hence its imports inside the methods)."""
 
-    def __init__(self, client: RespClient, seed: Seed, *, prefix: str = "modelyard:budget:", fail_open: bool = True) -> None:
+    def __init__(self, client: RespClient, seed: Seed, *, prefix: str = "modelyard:budget:", fail_open: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         from modelyard.limits.resp import Script
 
         self._redis = client
-        self._seeder = _Seeder(seed)
+        self._clock = clock  # only paces the warning (one per 10 s)
+        self._seeder = _Seeder(seed, clock)
         self._prefix = prefix
         self._fail_open = fail_open
         self._pending: set[asyncio.Future[Any]] = set()  # adds sent (or reloading), not yet answered
@@ -217,7 +220,7 @@ class RedisBudgets:
             self._warn(exc)
 
     def _warn(self, exc: Exception) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if now - self._last_warn > 10.0:
             self._last_warn = now
             log.warning("budget counters in Redis unavailable: %s: %s", exc.__class__.__name__, exc)

@@ -40,6 +40,19 @@ class Metrics:
         )
         self.in_flight = Gauge("modelyard_in_flight_requests", "Admitted requests in flight", ["model"], registry=r)
         self.queue_depth = Gauge("modelyard_queue_depth", "Requests waiting for a slot", ["model"], registry=r)
+        self.queue_depth_by_priority = Gauge(
+            "modelyard_queue_depth_by_priority", "Requests waiting for a slot, by priority (high, normal, low)",
+            ["model", "priority"], registry=r,
+        )
+        self.cascade_answers = Counter(
+            "modelyard_cascade_answers", "Cascade requests by the tier model that answered", ["model", "answered_by"],
+            registry=r,
+        )
+        self.cascade_confidence = Histogram(
+            "modelyard_cascade_confidence", "Confidence of a cascade tier's answer (mean/min token logprob, or P(yes))",
+            ["model", "tier_model"], buckets=(-5, -3, -2, -1.5, -1, -0.75, -0.5, -0.25, -0.1, 0, 0.25, 0.5, 0.75, 0.9, 1),
+            registry=r,
+        )
         self.upstream_requests = Counter(
             "modelyard_upstream_requests", "Attempts sent to a deployment, by outcome",
             ["model", "deployment", "outcome"], registry=r,

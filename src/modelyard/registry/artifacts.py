@@ -53,7 +53,7 @@ try:  # POSIX: an advisory lock shared by threads (each open is its own lock) an
 except ImportError:  # pragma: no cover - Windows: threads of this process only
     fcntl = None  # type: ignore[assignment]
 
-ENGINES = ("llamacpp", "sentence-transformers", "sklearn")
+ENGINES = ("llamacpp", "sentence-transformers", "sklearn", "linear")  # linear: routing.tasks.TaskModel (JSON)
 CHUNK = 4 << 20  # 4 MiB: large enough that hashing and copying run at disk speed
 TEMP_MAX_AGE_S = 24 * 3600  # older .tmp-* entries are leftovers of a crash and get swept
 _DIR_DIGEST_HEADER = b"modelyard-dir-v1\n"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from modelyard.backends.base import Backend
+from modelyard.config.routing import CascadeConfig
 from modelyard.config.schema import Deployment, LocalDeployment, ModelConfig, Price, ProcessDeployment, RetryConfig, Settings
 from modelyard.errors import (
     EngineRestartingError,
@@ -32,6 +33,7 @@ from modelyard.limits.base import Limit, Reservation
 from modelyard.limits.guard import RateGuard
 from modelyard.observability.metrics import DeploymentSeries, Metrics
 from modelyard.routing.admission import Admission
+from modelyard.routing.priority import NAMES
 from modelyard.routing.breaker import BreakerState, CircuitBreaker, Clock, SupervisedBreaker, Ticket
 from modelyard.routing.strategies import Picker, make_picker
 
@@ -76,6 +78,15 @@ class ModelGroup:
     limited: bool = False  # some deployment has its own rpm/tpm (requests need a token estimate)
     ready_wait_s: float = 30.0  # how long a request may wait for a model to load or restart (queue TTL)
 
+    @property
+    def cascade(self) -> CascadeConfig | None:
+        """A cascade has no deployments: its tiers are other models (the proxy runs the hops)."""
+        return self.cfg.cascade
+
+    def available(self) -> bool:
+        """Some deployment could take a request now (breaker not open, below its cap)."""
+        return any(d.has_room() and d.breaker.available() for d in self.deployments)
+
 
 @dataclass(eq=False)
 class Routed(Generic[T]):
@@ -90,7 +101,7 @@ class Routed(Generic[T]):
     _ticket: Ticket
     _t0: float
     _held: bool = field(default=False)
-    reservation: Reservation | None = None  # the deployment's rate-limit charge, settled by the caller
+    _reservation: Reservation | None = None  # the deployment's rate-limit charge (held requests)
 
     def finish(self, *, ok: bool | None) -> None:
         """End a held request (streams): free its in-flight slot and record its verdict
@@ -98,6 +109,12 @@ class Routed(Generic[T]):
         if self._held:
             self._held = False
             self._router._finish(self.deployment, self._ticket, ok=ok, started=self._t0)
+
+    async def close(self, *, ok: bool | None, tokens: int) -> None:
+        """``finish``, then settle the deployment's rate-limit charge with the tokens really used."""
+        self.finish(ok=ok)
+        reservation, self._reservation = self._reservation, None
+        await self._router._settle(reservation, tokens)
 
 
 class Router:
@@ -111,6 +128,7 @@ class Router:
         rng: random.Random | None = None,
         sleep: Sleep = asyncio.sleep,
         guard: RateGuard | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._metrics = metrics
         self._guard = guard
@@ -120,7 +138,7 @@ class Router:
         self._alpha = settings.router.latency_ewma_alpha
         self._groups: dict[str, ModelGroup] = {}
         self._by_name: dict[str, ModelGroup] = {}
-        created = int(time.time())
+        created = self.created = int(wall_clock())
         for m in settings.models:
             group = self._build_group(settings, m, backend_factory, created)
             self._groups[m.name] = group
@@ -131,7 +149,7 @@ class Router:
         r = settings.router
         slots = []
         for i, d in enumerate(m.deployments):
-            name = d.name or f"{m.name}/{i}"
+            name = m.key(i)
             gauge = self._metrics.breaker_state.labels(m.name, name)
             gauge.set(0)
             supervised = isinstance(d, (LocalDeployment, ProcessDeployment))
@@ -152,14 +170,18 @@ class Router:
             )
         q = m.queue or r.queue
         cap = q.max_concurrency
-        if cap is None and all(s.max_concurrency is not None for s in slots):
+        if cap is None and slots and all(s.max_concurrency is not None for s in slots):
             cap = sum(s.max_concurrency or 0 for s in slots)
         in_flight_g = self._metrics.in_flight.labels(m.name)
         queue_g = self._metrics.queue_depth.labels(m.name)
+        level_g = [self._metrics.queue_depth_by_priority.labels(m.name, NAMES[level]) for level in sorted(NAMES)]
 
         def on_change(in_flight: int, queued: int) -> None:
             in_flight_g.set(in_flight)
             queue_g.set(queued)
+
+        def on_depth(level: int, depth: int) -> None:
+            level_g[level].set(depth)
 
         return ModelGroup(
             name=m.name,
@@ -167,7 +189,10 @@ class Router:
             deployments=slots,
             picker=make_picker(m.strategy or r.strategy),
             retry=m.retry or r.retry,
-            admission=Admission(m.name, max_concurrency=cap, queue_size=q.size, ttl_s=q.ttl_s, on_change=on_change),
+            admission=Admission(
+                m.name, max_concurrency=cap, queue_size=q.size, ttl_s=q.ttl_s, on_change=on_change,
+                aging_s=settings.routing.priority.aging_s, on_depth=on_depth, clock=self._clock,
+            ),
             fallbacks=list(m.fallbacks),
             price=m.price,
             created=created,
@@ -194,14 +219,18 @@ class Router:
 
     # --- the path ------------------------------------------------------------------------------
     def _choose(
-        self, group: ModelGroup, tried: set[DeploymentSlot], limited: set[DeploymentSlot]
+        self, group: ModelGroup, tried: set[DeploymentSlot], limited: set[DeploymentSlot], prefer: str | None = None
     ) -> tuple[DeploymentSlot, Ticket] | None:
         fresh = [d for d in group.deployments if d not in tried and d not in limited and d.has_room() and d.breaker.available()]
         if not fresh:  # every healthy deployment was tried: a retry may go to one of them again
             fresh = [d for d in group.deployments if d not in limited and d.has_room() and d.breaker.available()]
             if not fresh:
                 return None
-        dep = fresh[0] if len(fresh) == 1 else group.picker.pick(fresh, self._rng)  # type: ignore[assignment]
+        pinned = [d for d in fresh if d.name == prefer] if prefer is not None and not tried else ()
+        if pinned:  # session affinity: the deployment of the conversation's earlier turns
+            dep = pinned[0]
+        else:
+            dep = fresh[0] if len(fresh) == 1 else group.picker.pick(fresh, self._rng)  # type: ignore[assignment]
         ticket = dep.breaker.try_acquire()
         return (dep, ticket) if ticket is not None else None
 
@@ -230,13 +259,18 @@ class Router:
         *,
         hold: bool = False,
         tokens: int = 0,
+        used: Callable[[T], int] | None = None,
+        prefer: str | None = None,
     ) -> Routed[T]:
         """Run ``op`` on a deployment of ``group`` (or of its fallbacks) until one succeeds.
 
         With ``hold=True`` the deployment's in-flight slot stays taken after ``op`` returns (a
         stream still flowing) until the caller calls ``Routed.finish``. ``tokens`` is the request's
         estimate, charged to a deployment's tpm; a deployment at its rpm/tpm is skipped (not an
-        attempt), and when every one is, the answer is 429 with the earliest ``Retry-After``.
+        attempt), and when every one is, the answer is 429 with the earliest ``Retry-After``. The
+        router settles that charge itself: with ``used(result)`` (the tokens really used) when ``op``
+        returns, or at ``Routed.close`` for a held request. ``prefer``: a deployment key taken first
+        when it is available (session affinity).
         """
         last: ModelyardError | None = None
         limit_wait: float | None = None
@@ -255,7 +289,7 @@ class Router:
             attempt = 0
             restart_retried = False  # one retry after an engine died under the request, beyond num_retries
             while attempt <= g.retry.num_retries + restart_retried:
-                chosen = self._choose(g, tried, limited)
+                chosen = self._choose(g, tried, limited, prefer if hops == 0 else None)
                 if chosen is None:
                     break
                 dep, ticket = chosen
@@ -286,8 +320,7 @@ class Router:
                 except UpstreamError as exc:
                     dep.in_flight -= 1
                     m.upstream_requests.labels(g.name, dep.name, _outcome(exc)).inc()
-                    if reservation is not None and self._guard is not None:
-                        await self._guard.settle(reservation, 0)
+                    await self._settle(reservation, 0)
                     if not exc.retryable:
                         dep.breaker.record_success(ticket)  # it answered: the client's request was at fault
                         raise
@@ -300,11 +333,13 @@ class Router:
                     dep.in_flight -= 1
                     dep.breaker.record_abandoned(ticket)
                     m.upstream_requests.labels(g.name, dep.name, "cancelled").inc()
+                    await self._settle(reservation, 0)
                     raise
-                routed = Routed(result, dep, g, hops, retries, self, ticket, t0, hold, reservation)
-                if not hold:
-                    self._finish(dep, ticket, ok=True, started=t0)
-                return routed
+                if hold:
+                    return Routed(result, dep, g, hops, retries, self, ticket, t0, True, reservation)
+                self._finish(dep, ticket, ok=True, started=t0)
+                await self._settle(reservation, used(result) if used is not None else 0)
+                return Routed(result, dep, g, hops, retries, self, ticket, t0)
         if last is not None:
             raise last
         if limit_wait is not None:
@@ -319,6 +354,10 @@ class Router:
             + " is available (circuit open or at capacity)",
             retry_after_s=self._retry_after(chain),
         )
+
+    async def _settle(self, reservation: Reservation | None, tokens: int) -> None:
+        if reservation is not None and self._guard is not None:
+            await self._guard.settle(reservation, tokens)
 
     def _finish(self, dep: DeploymentSlot, ticket: Ticket, *, ok: bool | None, started: float) -> None:
         dep.in_flight -= 1

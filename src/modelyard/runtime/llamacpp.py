@@ -75,8 +75,6 @@ from modelyard.runtime.gguf import kv_cache_bytes, read_gguf_metadata
 from modelyard.runtime.pages import allocated_bytes, populate
 
 MAX_N = 16
-# Servers whose destruction would hang (never served a request): kept alive rather than hang.
-_UNSAFE_TO_DESTROY: list[Any] = []
 
 _CHAT_PASS = ("messages", "temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty",
               "logit_bias", "logprobs", "top_logprobs", "response_format", "tools", "tool_choice",
@@ -131,6 +129,9 @@ class LlamaCppEngine:
         self._cond = threading.Condition()
         self._in_flight = 0
         self._closing = False
+        # Servers whose destruction would hang (they never served a request): kept alive, with this
+        # runtime, rather than hang the thread that drops them.
+        self._unsafe_to_destroy: list[Any] = []
 
     def prepare(self, artifact_path: str, opts: LoadOptions) -> None:
         """Once per process before any load (server start): import xllamacpp, initialise ggml's
@@ -207,7 +208,7 @@ class LlamaCppEngine:
             if not isinstance(out, dict) or "error" in out:
                 raise RuntimeError(f"warm-up request failed: {out!r}"[:500])
         except Exception as exc:
-            _UNSAFE_TO_DESTROY.append(server)
+            self._unsafe_to_destroy.append(server)
             raise ModelLoadError(f"model {self.name!r}: llama.cpp loaded but could not generate: {exc}") from exc
         t2 = time.perf_counter()
         heap1 = allocated_bytes()
