@@ -407,3 +407,35 @@ def test_litellm_example_loads() -> None:
         ("router_settings.redis_password", "REDIS_PASSWORD"),
     ]:
         assert f"{path}: environment variable {name!r} is not set" in str(info.value)
+
+
+# --- routing intelligence (issue 11) ------------------------------------------------------------
+
+
+def test_routing_problems_name_their_field_paths() -> None:
+    data = {
+        "routing": {"auto": {"default": "chat", "embedder": "nope",
+                             "tasks": {"chat": {"model": "chat"}, "code": {"model": "missing", "overflow": "gone"}}}},
+        "models": [
+            {"name": "chat", "deployments": [dep()]},
+            {"name": "loop", "cascade": {"tiers": [{"model": "chat", "threshold": -1}, {"model": "loop"}]}},
+            {"name": "late", "cascade": {"tiers": [{"model": "chat", "threshold": -1}, {"model": "chat", "threshold": -2}]}},
+        ],
+    }
+    lines = config_error(data).splitlines()
+    assert lines[0] == "config.yaml: 5 problems"
+    assert sorted(lines[1:]) == sorted([
+        "  routing.auto.tasks.code.model: unknown model 'missing'",
+        "  routing.auto.tasks.code.overflow: unknown model 'gone'",
+        "  routing.auto.embedder: unknown model 'nope' (the classifier embeds with it)",
+        "  models[1].cascade.tiers[1].model: 'loop' leads back to cascade 'loop' (a cycle)",
+        "  models[2].cascade.tiers[1]: the last tier always answers; a threshold there means nothing",
+    ])
+
+
+def test_auto_default_must_be_a_task_and_a_model_is_deployments_or_a_cascade() -> None:
+    msg = config_error({"routing": {"auto": {"default": "x", "tasks": {"chat": {"model": "chat"}}}},
+                        "models": [{"name": "chat", "deployments": [dep()],
+                                    "cascade": {"tiers": [{"model": "chat"}, {"model": "chat"}]}}]})
+    assert "routing.auto" in msg and "unknown task 'x'" in msg
+    assert "models[0]" in msg
