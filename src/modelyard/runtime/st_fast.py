@@ -52,8 +52,8 @@ POOLING_MODES = ("mean", "mean_sqrt_len_tokens", "cls", "max")
 _LEGACY_POOLING = {"pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
                    "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
                    "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
-_POOLING_KEYS = {"pooling_mode", "include_prompt", "word_embedding_dimension", "embedding_dimension", *_LEGACY_POOLING}
-_ST_CONFIG_KEYS = {"max_seq_length", "do_lower_case"}
+_POOLING_KEYS = frozenset({"pooling_mode", "include_prompt", "word_embedding_dimension", "embedding_dimension", *_LEGACY_POOLING})
+_ST_CONFIG_KEYS = frozenset({"max_seq_length", "do_lower_case"})
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
