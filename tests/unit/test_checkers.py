@@ -85,6 +85,7 @@ def test_the_shipped_eval_set_is_well_formed() -> None:
 
 def test_the_shipped_set_is_what_its_seeded_generator_makes() -> None:
     from modelyard.datasets import _make_cascade_eval as gen
+    from modelyard.datasets import render
 
     path = resources.files("modelyard.datasets") / "cascade_eval.jsonl"
-    assert path.read_text(encoding="utf-8") == gen.render(gen.build())
+    assert path.read_text(encoding="utf-8") == render(gen.build())

@@ -16,12 +16,12 @@ with a checker that needs no judgement (routing/checkers.py):
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import sys
 from pathlib import Path
 from typing import Any
+
+from modelyard.datasets import generator_main
 
 SEED = 20261203
 OUT = Path(__file__).with_name("cascade_eval.jsonl")
@@ -292,23 +292,8 @@ def build(seed: int = SEED) -> list[dict[str, Any]]:
     return arithmetic(rng) + facts(rng) + code(rng)
 
 
-def render(items: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(it, ensure_ascii=False, sort_keys=True) + "\n" for it in items)
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--check", action="store_true", help="exit 1 if the shipped file differs from what this makes")
-    p.add_argument("--out", type=Path, default=OUT)
-    args = p.parse_args(argv)
-    text = render(build())
-    if args.check:
-        same = args.out.exists() and args.out.read_text(encoding="utf-8") == text
-        print(f"{args.out}: {'up to date' if same else 'DIFFERS'}")
-        return 0 if same else 1
-    args.out.write_text(text, encoding="utf-8")
-    print(f"wrote {text.count(chr(10))} items to {args.out}")
-    return 0
+    return generator_main(build, OUT, __doc__ or "", argv)
 
 
 if __name__ == "__main__":

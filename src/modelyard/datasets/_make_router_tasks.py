@@ -26,13 +26,13 @@ docs/design/task-routing.md).
 # ruff: noqa: E501 - template banks: one phrase list per line reads better than wrapped literals
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from modelyard.datasets import generator_main
 
 SEED = 20261211
 PER_TASK = 340
@@ -339,23 +339,8 @@ def build(seed: int = SEED, per_task: int = PER_TASK) -> list[dict[str, Any]]:
     return out
 
 
-def render(items: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(it, ensure_ascii=False, sort_keys=True) + "\n" for it in items)
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--check", action="store_true", help="exit 1 if the shipped file differs from what this makes")
-    p.add_argument("--out", type=Path, default=OUT)
-    args = p.parse_args(argv)
-    text = render(build())
-    if args.check:
-        same = args.out.exists() and args.out.read_text(encoding="utf-8") == text
-        print(f"{args.out}: {'up to date' if same else 'DIFFERS'}")
-        return 0 if same else 1
-    args.out.write_text(text, encoding="utf-8")
-    print(f"wrote {text.count(chr(10))} items to {args.out}")
-    return 0
+    return generator_main(build, OUT, __doc__ or "", argv)
 
 
 if __name__ == "__main__":
