@@ -172,5 +172,4 @@ class ModelyardApp:
             team=principal.team if principal is not None else None,
         )
         tally = req.outcome
-        assert services.recorder is not None
         services.recorder.record(finished, tally.end(req.status) if tally is not None else None, principal)

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
+from modelyard.accounting.outcome import Hop
 from modelyard.api.http import Request
+from modelyard.api.proxy import BodyFor, Proxy
 from modelyard.api.sse import DONE
 from modelyard.config.routing import CascadeConfig, CascadeTier
 from modelyard.errors import ConfigError, InvalidRequestError, ModelyardError
@@ -46,11 +48,8 @@ from modelyard.routing.cascade import (
     threshold_for,
     threshold_warnings,
 )
+from modelyard.routing.auto import AutoRouter
 from modelyard.routing.router import ModelGroup, Router
-
-if TYPE_CHECKING:
-    from modelyard.api.proxy import Proxy
-    from modelyard.routing.auto import AutoRouter
 
 log = logging.getLogger("modelyard.cascade")
 _CHAT = "/chat/completions"
@@ -66,23 +65,21 @@ def calibrations(models: list[Any], data_dir: Path) -> dict[str, Calibration | N
         if cfg is None:
             continue
         path = Path(cfg.calibration) if cfg.calibration else data_dir / "cascades" / f"{m.name}.json"
-        if not path.exists():
-            if cfg.calibration:
-                raise ConfigError(f"models.{m.name}.cascade.calibration: no such file {str(path)!r}")
+        if path.exists():
+            out[m.name] = load_calibration(path)
+            log.info("cascade %s: calibration from %s", m.name, path)
+        elif cfg.calibration:
+            raise ConfigError(f"models.{m.name}.cascade.calibration: no such file {str(path)!r}")
+        else:
             out[m.name] = None
-            continue
-        out[m.name] = load_calibration(path)
-        log.info("cascade %s: calibration from %s", m.name, path)
-    for m in models:
-        if m.cascade is not None:
-            for warning in threshold_warnings(m.name, m.cascade.tiers, out.get(m.name)):
-                log.warning("%s", warning)
+        for warning in threshold_warnings(m.name, cfg.tiers, out[m.name]):
+            log.warning("%s", warning)
     return out
 
 
 class Cascades:
-    def __init__(self, proxy: "Proxy", router: Router, metrics: Metrics, *,
-                 calibration: dict[str, Calibration | None] | None = None, auto: "AutoRouter | None" = None) -> None:
+    def __init__(self, proxy: Proxy, router: Router, metrics: Metrics, *,
+                 calibration: dict[str, Calibration | None] | None = None, auto: AutoRouter | None = None) -> None:
         self._proxy = proxy
         self._router = router
         self._metrics = metrics
@@ -118,7 +115,7 @@ class Cascades:
             try:
                 async with proxy.admitted(req, tier_group):
                     routed, reply, usage = await proxy.call(
-                        req, tier_group, path, proxy.body_for(data, raw, {**extra, "stream": False, "logprobs": True}),
+                        req, tier_group, path, BodyFor(data, raw, {**extra, "stream": False, "logprobs": True}),
                         tokens)
             except ModelyardError as exc:
                 if exc.status < 500 and exc.status != 429:
@@ -180,7 +177,7 @@ class Cascades:
         raw = orjson.dumps(body)
         try:
             async with self._proxy.admitted(req, judge):
-                routed, reply, usage = await self._proxy.call(req, judge, _CHAT, self._proxy.body_for(body, raw), tokens)
+                routed, reply, usage = await self._proxy.call(req, judge, _CHAT, BodyFor(body, raw), tokens)
         except ModelyardError as exc:
             if exc.status < 500 and exc.status != 429:
                 raise
@@ -207,9 +204,7 @@ def _cut_by_cap(answer: dict[str, Any], tier: CascadeTier, data: dict[str, Any])
     return any(cut_by_tier_cap(c, tier.max_tokens, asked) for c in answer.get("choices") or () if isinstance(c, dict))
 
 
-def _failed_hop(group: ModelGroup, exc: ModelyardError, note: str | None = None) -> Any:
-    from modelyard.accounting.outcome import Hop
-
+def _failed_hop(group: ModelGroup, exc: ModelyardError, note: str | None = None) -> Hop:
     return Hop(group.name, None, group.price, 0, 0, exc.status, 0, 0,
                f"{note + ': ' if note else ''}escalated: {exc.code or exc.type}")
 

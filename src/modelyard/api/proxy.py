@@ -32,7 +32,7 @@ from modelyard.observability.metrics import Metrics
 from modelyard.routing.affinity import SessionTable, session_of
 from modelyard.routing.auto import AutoRouter
 from modelyard.routing.breaker import Clock
-from modelyard.routing.priority import request_priority
+from modelyard.routing.priority import NORMAL, request_priority
 from modelyard.routing.router import DeploymentSlot, ModelGroup, Routed, Router
 
 _SSE = b"text/event-stream"
@@ -110,14 +110,12 @@ class Proxy:
             group, route = await auto.route(data, path, req.request_id, pinned=pin.model if pin is not None else None)
             tally.route = route
             req.extra_headers.append((b"x-modelyard-route", route.encode()))
-            if pin is not None and pin.model != group.name:
-                pin = None  # the pinned model is gone (or overflowed): the session moves
         else:
             group = self._router.resolve(model)
             req.model = tally.model = group.name
             self._check_allowed(req.principal, model, group.name)
-            if pin is not None and pin.model != group.name:
-                pin = None  # an explicit model always wins over the session's pin
+        if pin is not None and pin.model != group.name:
+            pin = None  # an explicit other model wins over the pin; auto chose afresh (the pinned one is gone)
         principal = req.principal
         req.priority = self._priority(req, principal, len(raw))  # a bad or forbidden x-priority: 400/403 here
         guard = self._guard
@@ -165,13 +163,10 @@ class Proxy:
         finally:
             group.admission.release()
 
-    def body_for(self, data: dict[str, Any], raw: bytes, extra: dict[str, Any] | None = None) -> BodyFor:
-        return BodyFor(data, raw, extra)
-
     def _priority(self, req: Request, principal: Principal | None, body_bytes: int) -> int:
         cfg = self._routing.priority
         if not cfg.enabled:
-            return 1
+            return NORMAL  # without reading the header
         level, _why = request_priority(
             cfg,
             key_priority=principal.priority if principal is not None else None,

@@ -60,6 +60,7 @@ class Services:
     clock: Clock
     gate: Gate
     guard: RateGuard
+    recorder: Recorder
     local: LocalModels | None = None
     spend: SpendWriter | None = None
     spend_store: SpendStore | None = None
@@ -71,7 +72,6 @@ class Services:
     draining: bool = False
     loop_lag: LoopLagMonitor | None = None
     gc_pauses: GcPauses | None = None
-    recorder: Recorder | None = None
 
     @property
     def memory(self) -> MemoryManager | None:
@@ -139,8 +139,8 @@ def build_services(
 
     master_key = settings.auth.master_key or os.environ.get("MODELYARD_MASTER_KEY") or None
     db = spend_store = spend = keys = ring = None
+    home = data_dir(settings)
     if settings.spend.enabled or master_key:
-        home = data_dir(settings)
         home.mkdir(parents=True, exist_ok=True)
         db = Database(database_url(settings))
         if settings.spend.enabled:
@@ -166,14 +166,14 @@ def build_services(
         limiter, budgets = MemoryLimiter(), MemoryBudgets(seed)
     guard = RateGuard(limiter, fail_open=lim.fail_open, metrics=metrics)
     router = Router(settings, backend_for, metrics, clock=clock, guard=guard)
-    proxy = Proxy(router, metrics, clock, guard=guard, default_completion_tokens=lim.default_completion_tokens,
-                  routing=settings.routing)
-    home = data_dir(settings)
     auto = None
     if settings.routing.auto is not None:
         ac = settings.routing.auto
-        task_model = load_task_model(ArtifactStore(home / "artifacts"), ac.classifier) if ac.classifier else None
-        auto = proxy.auto = AutoRouter(ac, router, task_model=task_model)
+        store = local.store if local is not None else ArtifactStore(home / "artifacts")  # the models' own store
+        task_model = load_task_model(store, ac.classifier) if ac.classifier else None
+        auto = AutoRouter(ac, router, task_model=task_model)
+    proxy = Proxy(router, metrics, clock, guard=guard, default_completion_tokens=lim.default_completion_tokens,
+                  routing=settings.routing, auto=auto)
     proxy.cascades = Cascades(proxy, router, metrics, calibration=calibrations(settings.models, home), auto=auto)
     gate = Gate(master_key, ring, budgets, on_budget_exceeded=metrics.budget_exceeded.inc)
     access_log = access_log or AccessLog(enabled=settings.server.access_log)
