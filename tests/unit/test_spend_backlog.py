@@ -155,3 +155,32 @@ async def test_written_counts_only_new_rows(tmp_path):
         w.write(row(i))
     await w.flush()
     assert w.written == 8 == store.stored
+
+
+async def test_rows_a_stuck_flush_holds_still_count_toward_saturation(tmp_path):
+    """The CI failure of stop 17: while a flush held a batch out of the FIFO (its insert waiting on a
+    locked database), the FIFO looked short, the app admitted more requests, and the backlog passed
+    twice the bound. Rows in a flush are still owed: they count until the database or spool has them."""
+    clock = ManualClock()
+    gate = asyncio.Event()
+
+    class Hung(SlowStore):
+        async def insert_many(self, rows):
+            await gate.wait()
+            return await super().insert_many(rows)
+
+    store = Hung()
+    spool = tmp_path / "spool"
+    spool.mkdir()  # the spool cannot take the batch either
+    w = SpendWriter(store, spool_path=spool, flush_interval_s=1.0, max_batch=1000, max_buffer_rows=50,
+                    insert_timeout_s=60, clock=clock)
+    for i in range(100):
+        w.write(row(i))
+    flush = asyncio.create_task(w.flush())
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert len(w._buf) == 0  # the whole FIFO is in the flusher's hands ...
+    assert w.buffered == 100 and w.saturated and w.health().backlog_rows == 100  # ... and still counted
+    gate.set()
+    await flush
+    assert store.stored == 100 and w.buffered == 0 and not w.saturated

@@ -11,6 +11,8 @@ the bound the writer is *saturated* (the spool cannot keep up or cannot be writt
 refuses new requests with 503 + Retry-After rather than serve what it cannot account for. Rows of
 requests already in flight are still taken up to four times the bound; past that they are dropped
 and counted (``dropped``), which the saturation refusal keeps from happening.
+Every bound counts the rows a flush or spill holds out of the FIFO (awaiting the database or the
+spool) until they land: the backlog is what is owed, not what happens to sit in the deque.
 
 **The database away.** When an insert raises or times out, that batch goes to the spool (a local
 append-only JSON-lines file, fsync'ed per batch, see ``spool.py``), and so does every batch until
@@ -100,6 +102,10 @@ class SpendWriter:
         self._buf: deque[SpendRow] = deque()
         self._sizes: deque[int] = deque()  # row_bytes of each buffered row, in step with _buf
         self._buf_bytes = 0
+        # rows out of the FIFO in a flush or a spill that has not yet landed (database, spool or back):
+        # still owed, so they count toward the backlog and the saturation bound
+        self._held_rows = 0
+        self._held_bytes = 0
         self._lock = asyncio.Lock()  # one flush at a time
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -123,7 +129,7 @@ class SpendWriter:
 
     def write(self, row: SpendRow) -> bool:
         """Accept a row (never blocks, never touches I/O). False once closed or past the hard bound."""
-        if self._closed or len(self._buf) >= 4 * self._max_rows or self._buf_bytes >= 4 * self._max_bytes:
+        if self._closed or self.buffered >= 4 * self._max_rows or self._backlog_bytes >= 4 * self._max_bytes:
             self.dropped += 1
             return False
         size = row_bytes(row)
@@ -141,11 +147,16 @@ class SpendWriter:
     @property
     def saturated(self) -> bool:
         """Twice the bound: the app refuses new requests until the backlog shrinks."""
-        return len(self._buf) >= 2 * self._max_rows or self._buf_bytes >= 2 * self._max_bytes
+        return self.buffered >= 2 * self._max_rows or self._backlog_bytes >= 2 * self._max_bytes
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        """Rows accepted and not yet stored or spooled: the FIFO plus a batch in a flush or spill."""
+        return len(self._buf) + self._held_rows
+
+    @property
+    def _backlog_bytes(self) -> int:
+        return self._buf_bytes + self._held_bytes
 
     @property
     def spooled(self) -> int:
@@ -161,8 +172,8 @@ class SpendWriter:
 
     def stats(self) -> dict[str, int]:
         return {
-            "buffered": len(self._buf),
-            "buffered_bytes": self._buf_bytes,
+            "buffered": self.buffered,
+            "buffered_bytes": self._backlog_bytes,
             "spooled": self._spool.rows,
             "spool_bytes": self._spool.bytes,
             "written": self.written,
@@ -183,7 +194,7 @@ class SpendWriter:
             state = "spooling"
         else:
             state = "ok"
-        return WriterHealth(state, len(self._buf), self._buf_bytes, self._spool.rows, self._spool.bytes, stalled,
+        return WriterHealth(state, self.buffered, self._backlog_bytes, self._spool.rows, self._spool.bytes, stalled,
                             self.last_error)
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -240,20 +251,36 @@ class SpendWriter:
             if self._spool.rows and self._db_due():
                 await self._replay()
             while todo > 0 and self._buf:
-                batch = self._take(min(todo, self._max_batch))
+                batch, size = self._take(min(todo, self._max_batch))
                 todo -= len(batch)
-                if self._db_due() and await self._insert(batch):
-                    continue
-                if not await self._to_spool(batch):
-                    self._putback(batch)  # neither database nor disk: keep them, report, retry later
-                    return
+                try:
+                    if self._db_due() and await self._insert(batch):
+                        continue
+                    if not await self._to_spool(batch):
+                        self._putback(batch)  # neither database nor disk: keep them, report, retry later
+                        return
+                finally:
+                    self._release(len(batch), size)
 
-    def _take(self, n: int) -> list[SpendRow]:
+    def _take(self, n: int, *, newest: bool = False) -> tuple[list[SpendRow], int]:
+        """The oldest (or newest) ``n`` rows and their bytes, held until ``_release``."""
         buf, sizes = self._buf, self._sizes
         n = min(n, len(buf))
-        batch = [buf.popleft() for _ in range(n)]
-        self._buf_bytes -= sum([sizes.popleft() for _ in range(n)])
-        return batch
+        if newest:
+            batch = [buf.pop() for _ in range(n)]
+            batch.reverse()
+            size = sum([sizes.pop() for _ in range(n)])
+        else:
+            batch = [buf.popleft() for _ in range(n)]
+            size = sum([sizes.popleft() for _ in range(n)])
+        self._buf_bytes -= size
+        self._held_rows += n
+        self._held_bytes += size
+        return batch, size
+
+    def _release(self, rows: int, size: int) -> None:
+        self._held_rows -= rows
+        self._held_bytes -= size
 
     def _putback(self, batch: list[SpendRow], *, tail: bool = False) -> None:
         sizes = [row_bytes(r) for r in batch]
@@ -315,15 +342,14 @@ class SpendWriter:
         try:
             low_rows, low_bytes = self._max_rows * 3 // 4, self._max_bytes * 3 // 4
             while len(self._buf) > low_rows or self._buf_bytes > low_bytes:
-                n = min(self._max_batch, max(1, len(self._buf) - low_rows))
-                n = min(n, len(self._buf))
-                batch = [self._buf.pop() for _ in range(n)]
-                batch.reverse()
-                self._buf_bytes -= sum([self._sizes.pop() for _ in range(n)])
-                if not await self._to_spool(batch):
-                    self._putback(batch, tail=True)
-                    self._spill_retry_at = self._clock() + self._interval
-                    return
+                batch, size = self._take(min(self._max_batch, max(1, len(self._buf) - low_rows)), newest=True)
+                try:
+                    if not await self._to_spool(batch):
+                        self._putback(batch, tail=True)
+                        self._spill_retry_at = self._clock() + self._interval
+                        return
+                finally:
+                    self._release(len(batch), size)
                 self.spilled += len(batch)
         finally:
             self._spiller = None
