@@ -162,10 +162,11 @@ async def test_rows_a_stuck_flush_holds_still_count_toward_saturation(tmp_path):
     locked database), the FIFO looked short, the app admitted more requests, and the backlog passed
     twice the bound. Rows in a flush are still owed: they count until the database or spool has them."""
     clock = ManualClock()
-    gate = asyncio.Event()
+    gate, entered = asyncio.Event(), asyncio.Event()
 
     class Hung(SlowStore):
         async def insert_many(self, rows):
+            entered.set()
             await gate.wait()
             return await super().insert_many(rows)
 
@@ -177,8 +178,7 @@ async def test_rows_a_stuck_flush_holds_still_count_toward_saturation(tmp_path):
     for i in range(100):
         w.write(row(i))
     flush = asyncio.create_task(w.flush())
-    for _ in range(100):
-        await asyncio.sleep(0)
+    await asyncio.wait_for(entered.wait(), 10)  # the flusher holds the batch, inside the insert
     assert len(w._buf) == 0  # the whole FIFO is in the flusher's hands ...
     assert w.buffered == 100 and w.saturated and w.health().backlog_rows == 100  # ... and still counted
     gate.set()
