@@ -18,6 +18,9 @@ from modelyard.clitools import load_or_exit
 from modelyard.registry.cli import models as models_group
 from modelyard.routing.router_cli import router as router_group
 from modelyard.routing.cascade_cli import cascade_group
+from modelyard.planning.simulate_cli import simulate_command
+from modelyard.planning.plan_cli import plan_command
+from modelyard.planning.analyze_cli import analyze_command
 
 
 _load = load_or_exit
@@ -120,6 +123,9 @@ main.add_command(keys_group)
 main.add_command(spend_group)
 main.add_command(router_group)
 main.add_command(cascade_group)
+main.add_command(simulate_command)
+main.add_command(plan_command)
+main.add_command(analyze_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

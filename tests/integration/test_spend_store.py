@@ -16,6 +16,7 @@ import pytest
 
 from modelyard.accounting.store import SpendRow, SpendStore, SpendStoreError
 from modelyard.accounting.writer import SpendWriter
+from modelyard.db.migrations import MIGRATIONS
 from modelyard.testing.clock import ManualClock
 
 UTC = dt.timezone.utc
@@ -55,7 +56,7 @@ def row(i: int, *, ts=None, key="k1", team="t1", model="m1", status=200, cost="0
 async def test_migrations_applied_once_and_idempotent(url):
     a = SpendStore(url)
     await a.start()
-    assert a.applied == [1, 2, 3, 4]
+    assert a.applied == [m.version for m in MIGRATIONS] == [1, 2, 3, 4, 5]
     await a.start()  # the same store again
     assert a.applied == []
     b = SpendStore(url)  # another process
@@ -70,7 +71,7 @@ async def test_migrations_applied_once_and_idempotent(url):
 async def test_concurrent_starts_apply_each_migration_once(url):
     stores = [SpendStore(url) for _ in range(4)]
     await asyncio.gather(*(s.start() for s in stores))
-    assert sorted(v for s in stores for v in s.applied) == [1, 2, 3, 4]
+    assert sorted(v for s in stores for v in s.applied) == [m.version for m in MIGRATIONS]
     for s in stores:
         assert await s.count() == 0
         await s.aclose()

@@ -16,6 +16,7 @@ from typing import Any
 
 from modelyard.accounting.recorder import Recorder, WallClock, utc_now
 from modelyard.accounting.store import SpendStore
+from modelyard.accounting.tier_events import TierEventWriter
 from modelyard.accounting.writer import SpendWriter
 from modelyard.api.auth import Gate
 from modelyard.api.cascading import Cascades, calibrations
@@ -63,6 +64,7 @@ class Services:
     recorder: Recorder
     local: LocalModels | None = None
     spend: SpendWriter | None = None
+    tier_events: TierEventWriter | None = None  # the memory manager's tier changes → tier_events
     spend_store: SpendStore | None = None
     db: Database | None = None
     keys: KeyStore | None = None
@@ -94,6 +96,8 @@ class Services:
                 log.error("database unavailable at start: %s", exc.message)
         if self.spend is not None:
             await self.spend.start()
+        if self.tier_events is not None:
+            await self.tier_events.start()
         if self.ring is not None:
             try:
                 await self.ring.start()
@@ -107,6 +111,8 @@ class Services:
             await self.local.aclose()
         if self.spend is not None:
             await self.spend.aclose()  # every accepted row: to the database, or to the spool
+        if self.tier_events is not None:
+            await self.tier_events.aclose()  # after the models' unloads: those are recorded too
         if self.ring is not None:
             await self.ring.aclose()
         if self.budgets is not None:
@@ -153,6 +159,13 @@ def build_services(
         if master_key:
             keys = KeyStore(db)
             ring = KeyRing(keys, refresh_interval_s=settings.auth.refresh_interval_s)
+    tier_events = None
+    if local is not None and spend_store is not None and db is not None:
+        names: dict[str, str] = {}
+        for public, key in local.keys.items():
+            names.setdefault(key, public)
+        tier_events = TierEventWriter(db, wall_clock=wall_clock, names=names)
+        local.manager.tier_event = tier_events.record
     seed = spend_store.spent_nano if spend_store is not None else _no_spend
     lim = settings.limits
     redis = None
@@ -189,6 +202,7 @@ def build_services(
         guard=guard,
         local=local,
         spend=spend,
+        tier_events=tier_events,
         spend_store=spend_store,
         db=db,
         keys=keys,

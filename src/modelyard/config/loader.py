@@ -67,7 +67,7 @@ def load_settings(path: str | os.PathLike[str], *, environ: Mapping[str, str] | 
         raise ConfigError(f"{source}: is a directory, not a config file") from None
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read file ({exc.strerror or type(exc).__name__})") from None
-    data = _parse_yaml(raw, source)
+    data = parse_yaml(raw, source)
     result = settings_from_dict(data, source=source, environ=environ)
     return LoadResult(result.settings, result.warnings, result.source_format, source)
 
@@ -157,7 +157,7 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _parse_yaml(raw: bytes, source: str) -> Any:
+def parse_yaml(raw: bytes, source: str) -> Any:
     """Parse YAML text; syntax errors become a ConfigError with line and column.
 
     The message is built from the error's parts, not ``str(exc)``: PyYAML's own rendering quotes
@@ -185,11 +185,11 @@ def _validate(data: Any, source: str, origins: Mapping[str, str] | None) -> Sett
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        problems = _format_validation_error(exc, origins)
+        problems = format_validation_error(exc, origins)
     raise config_error(source, problems)
 
 
-def _format_validation_error(exc: ValidationError, origins: Mapping[str, str] | None) -> list[str]:
+def format_validation_error(exc: ValidationError, origins: Mapping[str, str] | None) -> list[str]:
     """Turn pydantic errors into ``path: message`` lines, without ever including the input value."""
     problems: list[str] = []
     for err in exc.errors(include_url=False, include_context=False, include_input=False):

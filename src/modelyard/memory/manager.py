@@ -60,6 +60,7 @@ log = logging.getLogger("modelyard.memory")
 
 Clock = Callable[[], float]
 TransitionHook = Callable[[str, Tier, Tier, dict[Tier, int]], None]
+TierEventHook = Callable[[str, str, str, int, str], None]  # (key, from, to, bytes, reason): O(1), no I/O
 
 
 class MemoryManager:
@@ -71,6 +72,7 @@ class MemoryManager:
         metrics: MemoryMetrics | None = None,
         executor: concurrent.futures.Executor | None = None,
         on_transition: TransitionHook | None = None,
+        tier_event: TierEventHook | None = None,
         reap_interval_s: float | None = 1.0,  # None: no background reaper (call reap_idle yourself)
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
@@ -82,6 +84,7 @@ class MemoryManager:
         self._owns_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="modelyard-memory")
         self.on_transition = on_transition  # must not raise: exceptions are logged and ignored
+        self.tier_event = tier_event  # the record of every move (accounting/tier_events.py), same contract
         self._reap_interval_s = reap_interval_s
         self._sleep = sleep
         self._models: dict[str, ModelRecord] = {}
@@ -143,7 +146,7 @@ class MemoryManager:
                 if m.tier is not Tier.disk:
                     if m.in_flight:
                         log.warning("unloading model %r with %d request(s) still in flight", m.spec.name, m.in_flight)
-                    await self._to_disk(m)
+                    await self._to_disk(m, "shutdown")
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         if self._owns_executor:
@@ -192,14 +195,14 @@ class MemoryManager:
                     f"model {name!r} has {busy} request(s) in flight; retry when they have ended",
                     status=409, code="model_busy")
             if to is Tier.disk:
-                await self._to_disk(m)
+                await self._to_disk(m, "unload")
                 return
             if m.engine is None or not m.engine.supports_host_tier:
                 raise InvalidRequestError(f"model {name!r}: its engine cannot park weights on the host tier")
             p = plan_demote(name, self._residents(), self._budgets)
             if not p.feasible:
                 raise InsufficientMemoryError(p.reason or "no room on the host tier")
-            await self._apply(p.demotions)
+            await self._apply(p.demotions, "demote")
 
     async def unload(self, name: str) -> None:
         await self.demote(name, Tier.disk)
@@ -214,7 +217,7 @@ class MemoryManager:
         async with self._lock:
             if m.engine is not engine:
                 return False
-            await self._to_disk(m)
+            await self._to_disk(m, "engine_failed")
             if reason:
                 m.error = reason
         if restart and not self._closing:
@@ -416,7 +419,7 @@ class MemoryManager:
             ))
         return out
 
-    async def _apply(self, demotions: tuple[Demotion, ...]) -> None:
+    async def _apply(self, demotions: tuple[Demotion, ...], why: str = "eviction") -> None:
         """Apply a plan in order, re-checking each victim right before it moves: a lease may have
         taken a planned victim while an earlier move awaited (the caller then re-plans)."""
         for d in demotions:
@@ -425,9 +428,9 @@ class MemoryManager:
             if v.tier is not d.src or v.state is not expect or v.in_flight or v.waiting or v.pinned:
                 return
             if d.dst is Tier.host:
-                await self._to_host(v)
+                await self._to_host(v, why)
             else:
-                await self._to_disk(v)
+                await self._to_disk(v, why)
 
     async def _load_from_disk(self, m: ModelRecord, need: int) -> asyncio.Event | None:
         spec = m.spec
@@ -495,7 +498,7 @@ class MemoryManager:
 
     # --- demotions (all under the lock) -------------------------------------------------------
 
-    async def _to_host(self, m: ModelRecord) -> None:
+    async def _to_host(self, m: ModelRecord, why: str) -> None:
         assert m.engine is not None and m.footprint is not None
         self._set_state(m, ModelState.demoting)
         m.host_bytes = m.footprint.host  # reserve on host first
@@ -506,7 +509,7 @@ class MemoryManager:
         except Exception as exc:
             m.host_bytes = 0
             self._note_failure(m, exc, "active → host")
-            await self._to_disk(m)
+            await self._to_disk(m, "demotion_failed")
             self._set_state(m, ModelState.failed)
             return
         m.active_bytes = 0
@@ -514,9 +517,9 @@ class MemoryManager:
         await self._run(trim_heap)
         m.demotions += 1
         self._set_state(m, ModelState.host)
-        self._transition(m, Tier.active, Tier.host, self._clock() - t0)
+        self._transition(m, Tier.active, Tier.host, self._clock() - t0, why)
 
-    async def _to_disk(self, m: ModelRecord) -> None:
+    async def _to_disk(self, m: ModelRecord, why: str = "load_failed") -> None:
         src = m.tier
         self._set_state(m, ModelState.unloading)
         t0 = self._clock()
@@ -534,7 +537,7 @@ class MemoryManager:
         self._set_state(m, ModelState.failed if failed else ModelState.disk)
         if src is not Tier.disk:
             m.demotions += 1
-            self._transition(m, src, Tier.disk, self._clock() - t0)
+            self._transition(m, src, Tier.disk, self._clock() - t0, why)
 
     async def _discard(self, m: ModelRecord) -> None:
         """Undo a load that never became active (no transition: it never arrived)."""
@@ -557,9 +560,9 @@ class MemoryManager:
         if m.spec.keep_alive_s != 0 and m.engine is not None and m.engine.supports_host_tier:
             p = plan_demote(m.spec.name, self._residents(), self._budgets)
             if p.feasible:
-                await self._apply(p.demotions)
+                await self._apply(p.demotions, "idle")
                 return
-        await self._to_disk(m)
+        await self._to_disk(m, "idle")
 
     async def _expire_one(self, m: ModelRecord) -> None:
         async with self._lock:
@@ -593,7 +596,7 @@ class MemoryManager:
         if self._metrics is not None:
             self._metrics.set_state(m.spec.name, state.value, prev.value)
 
-    def _transition(self, m: ModelRecord, src: Tier, dst: Tier, seconds: float) -> None:
+    def _transition(self, m: ModelRecord, src: Tier, dst: Tier, seconds: float, why: str = "load") -> None:
         m.tier = dst
         log.info("model %r: %s → %s in %.3fs", m.spec.name, src.value, dst.value, seconds)
         if self._metrics is not None:
@@ -606,6 +609,13 @@ class MemoryManager:
                 self.on_transition(m.spec.name, src, dst, self.usage())
             except Exception:
                 log.exception("on_transition hook raised")
+        if self.tier_event is not None:
+            fp, on = m.footprint, (src if dst is Tier.disk else dst)  # the bytes of the tier reached (or left)
+            nbytes = 0 if fp is None else fp.active if on is Tier.active else fp.host
+            try:
+                self.tier_event(m.spec.name, src.value, dst.value, nbytes, why)
+            except Exception:
+                log.exception("tier_event hook raised")
 
     def _note_failure(self, m: ModelRecord, exc: BaseException, what: str) -> None:
         if m.note_failure(exc, what) and self._metrics is not None:

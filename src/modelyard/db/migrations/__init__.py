@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import text
 
-from . import v0001_spend_rows, v0002_virtual_keys, v0003_key_priority, v0004_spend_hop
+from . import v0001_spend_rows, v0002_virtual_keys, v0003_key_priority, v0004_spend_hop, v0005_tier_events
 
 # A fixed 64-bit key for pg_advisory_xact_lock: "modelyard spend migrations".
 ADVISORY_LOCK_KEY = 0x6D79_5370_656E_6431
@@ -41,6 +41,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, v0002_virtual_keys.NAME, v0002_virtual_keys.upgrade),
     Migration(3, v0003_key_priority.NAME, v0003_key_priority.upgrade),
     Migration(4, v0004_spend_hop.NAME, v0004_spend_hop.upgrade),
+    Migration(5, v0005_tier_events.NAME, v0005_tier_events.upgrade),
 )
 
 _md = MetaData()
