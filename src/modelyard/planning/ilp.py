@@ -20,9 +20,12 @@ best plan found and HiGHS's optimality gap; if it found none, the FFD plan is re
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .placement import Bin, Placement, Slice, mig_slices, needed_replicas
 from .spec import GpuType, ModelReq, Problem
@@ -166,9 +169,10 @@ def exact(models: list[ModelReq], problem: Problem, greedy: Placement, *, time_l
         R.add(reps[m.name], lo, m.max_replicas if m.max_replicas is not None else math.inf)
     n = len(V.cost)
     A = coo_matrix((R.v, (R.r, R.c)), shape=(len(R.lb), n)).tocsr()
-    res = milp(np.array(V.cost), constraints=LinearConstraint(A, np.array(R.lb), np.array(R.ub)),
-               integrality=np.array(V.integer), bounds=Bounds(np.zeros(n), np.array(V.ub)),
-               options={"time_limit": max(0.1, ilp_limit - (clock() - t0)), "mip_rel_gap": 1e-6, "disp": False})
+    with _native_stdout_to_stderr():
+        res = milp(np.array(V.cost), constraints=LinearConstraint(A, np.array(R.lb), np.array(R.ub)),
+                   integrality=np.array(V.integer), bounds=Bounds(np.zeros(n), np.array(V.ub)),
+                   options={"time_limit": max(0.1, ilp_limit - (clock() - t0)), "mip_rel_gap": 1e-6, "disp": False})
     if res.x is None:
         return _fallback(greedy, t0, clock, f"HiGHS found no plan in {time_limit_s:g} s ({res.message})")
     sol = res.x
@@ -210,6 +214,24 @@ def exact(models: list[ModelReq], problem: Problem, greedy: Placement, *, time_l
     how = f"{source}, then {moves} neighbourhood moves" if improve_with_lns else source
     return Placement("exact", best.bins, best.cost_per_hour, optimal=gap <= 1e-6, gap=gap, seconds=clock() - t0,
                      note=f"time limit {time_limit_s:g} s: best plan found ({how}), within {gap:.1%} of optimal")
+
+
+@contextlib.contextmanager
+def _native_stdout_to_stderr() -> Iterator[None]:
+    """HiGHS's C++ core prints some diagnostics to file descriptor 1 even with ``disp: False``;
+    ``modelyard plan --json`` owns stdout, so fd 1 points at stderr while the solver runs."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no real stdout (captured, closed): nothing to protect
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _price(problem: Problem, gpu_type: str) -> float:

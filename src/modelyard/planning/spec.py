@@ -84,6 +84,12 @@ class ModelIn(_Strict):
 
 class GpuIn(_Strict):
     gpu_type: str = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, data: Any) -> Any:
+        return {"gpu_type": data} if isinstance(data, str) else data  # `gpus: [A100-40GB, L4]`
+
     memory_gb: float | None = Field(default=None, gt=0)
     cost_per_hour: float | None = Field(default=None, ge=0)
     throughput_tokens_per_sec: float | None = Field(default=None, gt=0)
