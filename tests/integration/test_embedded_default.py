@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 
 import httpx
 
@@ -47,3 +48,12 @@ def test_serve_without_config_serves_the_five_default_models(procs: ProcessPool,
     assert sorted(p.name for p in store.iterdir()) == ["chat", "coder", "intent", "moderation", "text-embedding"]
     gw.signal(signal.SIGTERM)
     assert gw.wait(30) == 0, gw.describe()
+    # every tier change the memory manager made reached the database (what `modelyard analyze` reads):
+    # each model used was loaded disk → active once, and left the active tier at shutdown
+    with sqlite3.connect(tmp_path / "home" / "modelyard.db") as db:
+        events = db.execute("SELECT model, from_tier, to_tier, reason, bytes FROM tier_events ORDER BY id").fetchall()
+    used = {"chat", "coder", "intent", "moderation", "text-embedding"}
+    loads = [e for e in events if e[2] == "active"]
+    assert {e[0] for e in loads} == used and all(e[1] == "disk" and e[4] > 0 for e in loads), events
+    left = {e[0] for e in events if e[1] == "active" and e[3] == "shutdown"}
+    assert left == used, events

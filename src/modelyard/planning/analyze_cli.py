@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import re
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import click
@@ -25,7 +26,7 @@ from modelyard.errors import ConfigError, ModelyardError
 from .analyze import Analysis, Fold, HistoryError, analyze
 
 UTC = dt.timezone.utc
-_UNITS = {"d": 86400, "h": 3600, "m": 60}
+_UNITS = MappingProxyType({"d": 86400, "h": 3600, "m": 60})
 
 
 def parse_since(value: str, until: dt.datetime) -> dt.datetime:

@@ -24,8 +24,10 @@ instance; the rest holds the instance's own structures); a slice serves ``N/7`` 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
+from types import MappingProxyType
 
 MIG_USABLE_FRACTION = 0.95
 MEMORY_SLICES = 8
@@ -72,7 +74,7 @@ def _mig(small: float, large: float, half: float, full: float) -> tuple[MigProfi
     )
 
 
-CATALOGUE: dict[str, GpuProfile] = {
+CATALOGUE: Mapping[str, GpuProfile] = MappingProxyType({
     g.gpu_type: g
     for g in (
         GpuProfile("A100-40GB", 40, 3.20, 15_000, _mig(5, 10, 20, 40)),  # price and rate: the scenario's
@@ -83,7 +85,7 @@ CATALOGUE: dict[str, GpuProfile] = {
         GpuProfile("L4", 24, 0.80, 5_000),
         GpuProfile("A10G", 24, 1.00, 5_500),
     )
-}
+})
 
 
 def lookup_gpu(name: str) -> GpuProfile | None:
