@@ -46,6 +46,7 @@ def _draw(ax, p: Placement, title: str, sizes: dict[str, int]) -> None:  # noqa:
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles, strict=True))
     ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="upper right")
+    ax.set_xticks(range(len(p.bins)))
     ax.set_title(f"{title}: {p.gpu_count} GPUs, ${p.cost_per_hour:,.2f}/h")
     ax.set_xlabel("GPU")
     ax.set_ylabel("GB (line: usable)")
