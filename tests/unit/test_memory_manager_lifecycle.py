@@ -174,7 +174,7 @@ async def test_snapshot_fields() -> None:
         "name": "a", "tier": "active", "state": "active",
         "bytes": {"weights": 100, "kv_cache": 20, "overhead": 5, "active": 125, "host": 100},
         "accounted": {"active": 125, "host": 0},
-        "last_used": 7.0, "in_flight": 0, "loads": 1, "demotions": 0, "warmups": 1, "load_failures": 0,
+        "last_used": 7.0, "in_flight": 0, "waiting": 0, "loads": 1, "demotions": 0, "warmups": 1, "load_failures": 0,
         "average_load_s": 2.0, "ready_in_s": 0.0, "pinned": False, "keep_alive_s": 60, "error": None, "engine": None,
     }
     await h.mm.aclose()

@@ -121,5 +121,13 @@ def register(app: ModelyardApp) -> None:
 
     app.route("/spend/logs", "GET", spend_logs)
     app.route("/spend/report", "GET", spend_report)
+    async def autoscale(req: Request) -> None:
+        req.endpoint = "admin"
+        s = app.services
+        assert s is not None
+        rows = s.autoscaler.status() if s.autoscaler is not None else []
+        await req.respond_json(200, {"object": "list", "data": rows})
+
     app.route("/admin/models", "GET", list_models)
+    app.route("/admin/autoscale", "GET", autoscale)
     app.prefix_route("/admin/models/", "POST", act)

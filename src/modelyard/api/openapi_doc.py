@@ -135,7 +135,8 @@ SCHEMAS: dict[str, Any] = {
             "bytes": _obj({k: _INT for k in ("weights", "kv_cache", "overhead", "active", "host")}),
             "accounted": _obj({"active": _INT, "host": _INT}),
             "last_used": {**_NULL_NUM, "description": "Seconds since the last request (null: never used)."},
-            "in_flight": _INT, "loads": _INT, "demotions": _INT, "warmups": _INT, "load_failures": _INT,
+            "in_flight": _INT, "waiting": {**_INT, "description": "Requests waiting for this model to become active."},
+            "loads": _INT, "demotions": _INT, "warmups": _INT, "load_failures": _INT,
             "average_load_s": _NULL_NUM,
             "pinned": {"type": "boolean"},
             "keep_alive_s": _NULL_NUM,
@@ -143,6 +144,13 @@ SCHEMAS: dict[str, Any] = {
             "engine": {"type": ["object", "null"], "description": "Engine details (a managed process: pid, port...)."},
         },
     ),
+    "ModelyardAutoscale": _obj({
+        "object": {"type": "string", "enum": ["list"]},
+        "data": {"type": "array", "items": _obj({
+            "model": _STR, "actual": _INT, "desired": _NULL_INT, "target": _NULL_INT, "reason": _NULL_STR,
+            "replica_deployments": {"type": "array", "items": _STR}, "min_replicas": _INT, "max_replicas": _INT,
+        })},
+    }),
     "ModelyardAdminModels": _obj({
         "object": {"type": "string", "enum": ["list"]},
         "data": {"type": "array", "items": _ref("ModelyardLocalModel")},
@@ -276,6 +284,11 @@ def _modelyard_paths() -> dict[str, Any]:
         "/admin/models": {"get": {
             **tag, "operationId": "adminListModels", "summary": "Local models: tier, state, bytes, loads...",
             "security": _MASTER, "responses": _responses(_json(_ref("ModelyardAdminModels")), (*_ADMIN, "404")),
+        }},
+        "/admin/autoscale": {"get": {
+            **tag, "operationId": "adminAutoscale", "security": _MASTER,
+            "summary": "Autoscaled models: desired vs actual replicas and the reason of the last decision.",
+            "responses": _responses(_json(_ref("ModelyardAutoscale")), _ADMIN),
         }},
         "/admin/models/{model}/{action}": {"post": {
             **tag, "operationId": "adminModelAction", "security": _MASTER,

@@ -18,6 +18,8 @@ from modelyard.accounting.recorder import Recorder, WallClock, utc_now
 from modelyard.accounting.store import SpendStore
 from modelyard.accounting.tier_events import TierEventWriter
 from modelyard.accounting.writer import SpendWriter
+from modelyard.observability.autoscale_metrics import AutoscaleMetrics
+from modelyard.scaling.local import LocalAutoscaler, Scaled
 from modelyard.api.auth import Gate
 from modelyard.api.cascading import Cascades, calibrations
 from modelyard.api.proxy import Proxy
@@ -27,6 +29,7 @@ from modelyard.backends.base import Backend
 from modelyard.backends.httpclient import HTTPPool
 from modelyard.backends.local_models import LocalModels, build_local_models, data_dir, has_local
 from modelyard.backends.openai import OpenAIBackend
+from modelyard.backends.ray_backend import RayServe, ray_services
 from modelyard.config.schema import Deployment, LocalDeployment, ProcessDeployment, Settings
 from modelyard.db import Database, database_url
 from modelyard.errors import ModelyardError
@@ -65,6 +68,8 @@ class Services:
     local: LocalModels | None = None
     spend: SpendWriter | None = None
     tier_events: TierEventWriter | None = None  # the memory manager's tier changes → tier_events
+    autoscaler: LocalAutoscaler | None = None  # replicas of autoscaled local/process models (scaling/local.py)
+    ray: RayServe | None = None  # `serve --ray`: local models as Ray Serve deployments (backends/ray_backend.py)
     spend_store: SpendStore | None = None
     db: Database | None = None
     keys: KeyStore | None = None
@@ -105,10 +110,18 @@ class Services:
                 log.error("virtual keys not loaded at start (retrying in the background): %s", exc.message)
         if self.local is not None:
             await self.local.start()  # engines' imports (begun at build), then preloads and keep-alive
+        if self.ray is not None:
+            await self.ray.start()  # connect, deploy; returns once min_replicas are warm
+        if self.autoscaler is not None:
+            await self.autoscaler.start()  # after the manager: its first tick may pre-warm
 
     async def aclose(self) -> None:
+        if self.autoscaler is not None:
+            await self.autoscaler.aclose()
         if self.local is not None:
             await self.local.aclose()
+        if self.ray is not None:
+            await self.ray.aclose()
         if self.spend is not None:
             await self.spend.aclose()  # every accepted row: to the database, or to the spool
         if self.tier_events is not None:
@@ -135,9 +148,13 @@ def build_services(
 ) -> Services:
     metrics = Metrics()
     pool = HTTPPool()
-    local = build_local_models(settings, metrics.registry, pool=pool) if has_local(settings) else None
+    ray = ray_services(settings)  # None unless `serve --ray`
+    in_process = has_local(settings) and (ray is None or ray.needs_local)
+    local = build_local_models(settings, metrics.registry, pool=pool) if in_process else None
 
     def backend_for(d: Deployment) -> Backend:
+        if ray is not None and id(d) in ray.backends:
+            return ray.backends[id(d)]
         if isinstance(d, (LocalDeployment, ProcessDeployment)):
             assert local is not None
             return local.backends[id(d)]
@@ -166,6 +183,7 @@ def build_services(
             names.setdefault(key, public)
         tier_events = TierEventWriter(db, wall_clock=wall_clock, names=names)
         local.manager.tier_event = tier_events.record
+    autoscaler = _autoscaler(settings, local, db, clock, wall_clock, metrics.registry)
     seed = spend_store.spent_nano if spend_store is not None else _no_spend
     lim = settings.limits
     redis = None
@@ -203,6 +221,8 @@ def build_services(
         local=local,
         spend=spend,
         tier_events=tier_events,
+        autoscaler=autoscaler,
+        ray=ray,
         spend_store=spend_store,
         db=db,
         keys=keys,
@@ -217,3 +237,30 @@ def build_services(
 
 async def _no_spend(key_id: str, since: dt.datetime) -> int:
     return 0
+
+
+def _autoscaler(settings: Settings, local: LocalModels | None, db: Database | None, clock: Clock,
+                wall_clock: WallClock, registry: Any) -> LocalAutoscaler | None:
+    """The one-machine autoscaler for models with ``autoscale`` and local/process deployments."""
+    if local is None:
+        return None
+    scaled = [Scaled(m.name, m.autoscale, tuple(m.key(i) for i, d in enumerate(m.deployments)
+                                                 if isinstance(d, (LocalDeployment, ProcessDeployment))))
+              for m in settings.models if m.autoscale is not None]
+    scaled = [s for s in scaled if s.keys]
+    if not scaled:
+        return None
+    manager = local.manager
+    names = {k: s.name for s in scaled for k in s.keys}
+
+    def ongoing(model: str) -> float:  # in flight + waiting for the model's deployments, from the manager
+        return float(sum(r["in_flight"] + r.get("waiting", 0) for r in manager.snapshot() if names.get(r["name"]) == model))
+
+    async def refresh() -> Any:
+        from modelyard.scaling.forecast import load_forecast
+
+        assert db is not None
+        return await load_forecast(db, wall_clock())
+
+    return LocalAutoscaler(scaled, manager, ongoing, clock=clock, wall_clock=wall_clock,
+                           refresh_forecast=refresh if db is not None else None, metrics=AutoscaleMetrics(registry))

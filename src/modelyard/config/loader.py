@@ -90,7 +90,21 @@ def settings_from_dict(data: Any, *, source: str = "<config>", environ: Mapping[
     resolved = interpolate(data, "", env, problems)
     if problems:
         raise config_error(source, problems)
-    return LoadResult(_validate(resolved, source, None), [], "native", None)
+    return LoadResult(_validate(resolved, source, None), _native_warnings(resolved), "native", None)
+
+
+def _native_warnings(data: Mapping[str, Any]) -> list[str]:
+    """Accepted but discouraged spellings in a native config."""
+    from modelyard.config.scaling import RAY_ALIAS
+
+    out: list[str] = []
+    models = data.get("models")
+    for i, m in enumerate(models if isinstance(models, list) else []):
+        auto = m.get("autoscale") if isinstance(m, Mapping) else None
+        if isinstance(auto, Mapping) and RAY_ALIAS in auto:
+            out.append(f"models[{i}].autoscale.{RAY_ALIAS}: Ray's old spelling, read as target_ongoing_requests "
+                       "(use that name)")
+    return out
 
 
 # --- environment interpolation ----------------------------------------------------------------

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from modelyard.config.routing import CascadeConfig, RoutingConfig
+from modelyard.config.scaling import AutoscaleConfig
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -201,6 +202,7 @@ class ModelConfig(_Strict):
     owned_by: str = "modelyard"
     rpm: Annotated[int, Field(ge=1)] | None = None  # requests per minute for the model, all keys together
     tpm: Annotated[int, Field(ge=1)] | None = None  # tokens per minute (estimate at admission, settled with usage)
+    autoscale: AutoscaleConfig | None = None  # replicas on its own traffic (scaling/policy.py)
 
     @model_validator(mode="after")
     def _deployment_keys(self) -> "ModelConfig":
@@ -293,6 +295,27 @@ class LimitsConfig(_Strict):
     default_completion_tokens: Annotated[int, Field(ge=0)] = 256
 
 
+class RegistryConfig(_Strict):
+    """The shared artifact registry: an S3-compatible bucket (S3, MinIO, Ceph) nodes push to and pull from.
+
+    Credentials may be ``os.environ/NAME`` references; unset, boto3's own chain applies
+    (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, profiles, instance roles)."""
+
+    url: str | None = None  # s3://bucket/prefix; None: no remote
+    endpoint_url: str | None = None  # e.g. http://minio:9000; None: AWS (or $AWS_ENDPOINT_URL)
+    region: str = "us-east-1"
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    pull_on_first_use: bool = True  # a local deployment whose artifact is missing locally is pulled at start
+
+    @field_validator("url")
+    @classmethod
+    def _s3_url(cls, v: str | None) -> str | None:
+        if v is not None and (not v.startswith("s3://") or not urlsplit(v).netloc):
+            raise ValueError("must be s3://bucket[/prefix]")
+        return v
+
+
 class Settings(_Strict):
     """The whole configuration."""
 
@@ -304,6 +327,7 @@ class Settings(_Strict):
     limits: LimitsConfig = LimitsConfig()
     router: RouterConfig = RouterConfig()
     routing: RoutingConfig = RoutingConfig()
+    registry: RegistryConfig = RegistryConfig()
     models: list[ModelConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -183,6 +183,7 @@ def snapshot_of(m: ModelRecord, now: float) -> dict[str, Any]:
         "accounted": {"active": m.active_bytes, "host": m.host_bytes},
         "last_used": None if m.last_used is None else max(0.0, now - m.last_used),
         "in_flight": m.in_flight,
+        "waiting": m.waiting,
         "loads": m.loads,
         "demotions": m.demotions,
         "warmups": m.warmups,
