@@ -21,6 +21,7 @@ from modelyard.routing.cascade_cli import cascade_group
 from modelyard.planning.simulate_cli import simulate_command
 from modelyard.planning.plan_cli import plan_command
 from modelyard.planning.analyze_cli import analyze_command
+from modelyard.scaling.k8s_cli import render_group
 
 
 _load = load_or_exit
@@ -63,8 +64,11 @@ def main() -> None:
 @click.option("--log-level", default="warning", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--allow-unauthenticated", is_flag=True,
               help="serve on a non-loopback address without API keys (only behind something that authenticates)")
+@click.option("--ray", "ray_address", default=None, is_flag=False, flag_value="auto", metavar="[auto|ADDRESS]",
+              help="serve local models as Ray Serve deployments (auto: join a local Ray or start one)")
 def serve(
-    config_path: str | None, host: str | None, port: int | None, demo: bool, log_level: str, allow_unauthenticated: bool
+    config_path: str | None, host: str | None, port: int | None, demo: bool, log_level: str, allow_unauthenticated: bool,
+    ray_address: str | None,
 ) -> None:
     """Serve the OpenAI-compatible API (with no --config: the embedded default models)."""
     from modelyard.server import serve as run_server
@@ -83,6 +87,8 @@ def serve(
         settings = _embedded_default()
     else:
         settings = _load(config_path).settings
+    if ray_address:  # cluster mode: local models become Ray Serve deployments (backends/ray_backend.py)
+        settings = settings.model_copy(update={"ray": settings.ray.model_copy(update={"address": ray_address})})
     run_server(settings, host=host, port=port, log_level=log_level, allow_unauthenticated=allow_unauthenticated)
 
 
@@ -126,6 +132,7 @@ main.add_command(cascade_group)
 main.add_command(simulate_command)
 main.add_command(plan_command)
 main.add_command(analyze_command)
+main.add_command(render_group)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,6 +38,7 @@ from modelyard.memory.devices import detect_budgets, gpu_free_bytes, parse_bytes
 from modelyard.memory.manager import MemoryManager, ModelSpec
 from modelyard.observability.memory_metrics import MemoryMetrics
 from modelyard.registry.artifacts import ArtifactStore, Manifest
+from modelyard.registry.remote import RemoteStore, ensure_local, remote_for
 from modelyard.runtime.base import Capability, Engine, Footprint, LoadOptions
 
 log = logging.getLogger("modelyard")
@@ -127,14 +128,21 @@ def build_local_models(
     workers = max(8, slots + 4)
     executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="modelyard-infer")
     local = LocalModels(manager, store, executor)
+    # Pull on first use: an artifact missing here is fetched from the team's registry at start,
+    # before the server listens (the same moment a missing artifact is noticed without one).
+    try:
+        remote = remote_for(store, settings.registry, first_use=True)
+    except ArtifactError as exc:  # e.g. boto3 not installed: serve what is local, say why
+        log.warning("artifact registry unusable, pull on first use is off: %s", exc.message)
+        remote = None
     jobs: list[Preparation] = []
     placer = GpuPlacer()
     for m in settings.models:
         for i, d in enumerate(m.deployments):
             if isinstance(d, ProcessDeployment):
                 key = m.key(i)
-                _register_process(local, store, placer, key, m.name, d, pool or HTTPPool(), data_dir(settings))
-        resolved = {i: _resolve(store, d) for i, d in enumerate(m.deployments) if isinstance(d, LocalDeployment)}
+                _register_process(local, store, placer, key, m.name, d, pool or HTTPPool(), data_dir(settings), remote)
+        resolved = {i: _resolve(store, d, remote) for i, d in enumerate(m.deployments) if isinstance(d, LocalDeployment)}
         mismatch = _replica_mismatch(m.name, resolved)
         for i, d in enumerate(m.deployments):
             if not isinstance(d, LocalDeployment):
@@ -176,13 +184,13 @@ def build_local_models(
 
 def _register_process(
     local: LocalModels, store: ArtifactStore, placer: GpuPlacer, key: str, public: str, d: ProcessDeployment,
-    pool: HTTPPool, home: Path,
+    pool: HTTPPool, home: Path, remote: RemoteStore | None = None,
 ) -> None:
     """A managed engine process: a ProcessEngine per start, one restart policy for its life."""
     model_path = d.model_path or ""
     problem: str | None = None
     if d.artifact:
-        found = _resolve(store, LocalDeployment(kind="local", artifact=d.artifact))
+        found = _resolve(store, LocalDeployment(kind="local", artifact=d.artifact), remote)
         if isinstance(found, str):
             problem = found
         else:
@@ -223,11 +231,10 @@ def _register_process(
     local.keys.setdefault(public, key)
 
 
-def _resolve(store: ArtifactStore, d: LocalDeployment) -> Manifest | str:
-    """The manifest a deployment loads, or why it cannot."""
+def _resolve(store: ArtifactStore, d: LocalDeployment, remote: RemoteStore | None = None) -> Manifest | str:
+    """The manifest a deployment loads (pulled from ``remote`` when missing here), or why it cannot."""
     try:
-        manifest = store.get(d.artifact, d.version, digest=d.digest)
-        store.path(manifest)
+        manifest = ensure_local(store, remote, d.artifact, d.version, d.digest)
     except ArtifactError as exc:
         return exc.message
     return manifest

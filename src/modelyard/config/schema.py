@@ -316,6 +316,16 @@ class RegistryConfig(_Strict):
         return v
 
 
+class RayConfig(_Strict):
+    """Cluster mode (``serve --ray``): local models as Ray Serve deployments (backends/ray_backend.py)."""
+
+    address: str | None = None  # "auto" (join or start a local Ray) or a Ray address; None: in-process
+    num_cpus: NonNegFloat = 0.5  # per replica
+    num_gpus: NonNegFloat = 0.0  # per replica; fractional: replicas share a GPU
+    look_back_period_s: PositiveFloat | None = None  # Ray's load window (modelyard's default: 15 s)
+    metrics_interval_s: PositiveFloat | None = None
+
+
 class Settings(_Strict):
     """The whole configuration."""
 
@@ -328,6 +338,7 @@ class Settings(_Strict):
     router: RouterConfig = RouterConfig()
     routing: RoutingConfig = RoutingConfig()
     registry: RegistryConfig = RegistryConfig()
+    ray: RayConfig = RayConfig()
     models: list[ModelConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

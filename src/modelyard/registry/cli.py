@@ -1,14 +1,16 @@
-"""``modelyard models``: import, list, verify and remove artifacts in the local store.
+"""``modelyard models``: import, list, verify and remove artifacts in the local store; push them to and
+pull them from the team's registry (an S3-compatible bucket, ``registry/remote.py``).
 
 Every failure prints ``error: ...`` on stderr and exits 2, never a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -161,6 +163,98 @@ def remove(store: ArtifactStore, name: str, version: str) -> None:
     """Remove NAME VERSION (its blob goes too once nothing else refers to it)."""
     store.remove(name, version)
     click.echo(f"removed {name}@{version}")
+
+
+def _remote_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @click.option("--remote", "remote_url", envvar="MODELYARD_REGISTRY_URL", default=None,
+                  help="registry bucket s3://bucket/prefix (default: $MODELYARD_REGISTRY_URL, then the config's registry.url)")
+    @click.option("--endpoint-url", envvar="AWS_ENDPOINT_URL", default=None,
+                  help="S3-compatible endpoint, e.g. http://minio:9000 (default: $AWS_ENDPOINT_URL, the config, AWS)")
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                  help="config YAML whose `registry` section to use (credentials: os.environ/NAME or the AWS_* variables)")
+    @functools.wraps(fn)
+    def wrapper(store: ArtifactStore, remote_url: str | None, endpoint_url: str | None, config_path: str | None,
+                **kw: Any) -> Any:  # fmt: skip
+        from modelyard.clitools import settings_or_defaults
+        from modelyard.registry.remote import remote_for
+
+        reg = settings_or_defaults(config_path).registry
+        update = {k: v for k, v in (("url", remote_url), ("endpoint_url", endpoint_url)) if v}
+        if "url" in update and not str(update["url"]).startswith("s3://"):
+            _fail(f"--remote {update['url']!r}: expected s3://bucket[/prefix]")
+        remote = remote_for(store, reg.model_copy(update=update))
+        if remote is None:
+            _fail("no registry configured: give --remote s3://bucket/prefix, or set MODELYARD_REGISTRY_URL or registry.url")
+        return fn(remote, **kw)
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def _progress(verb: str, what: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on stderr (bytes, rate, time left), shown from the first byte on (an error
+    before any transfer stays one line); the callback takes (done, total)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                   TimeRemainingColumn(), console=Console(stderr=True))  # fmt: skip
+    task = bar.add_task(f"{verb} {what}", total=None)
+    started = False
+
+    def update(done: int, total: int) -> None:
+        nonlocal started
+        if not started:
+            bar.start()
+            started = True
+        bar.update(task, completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if started:
+            bar.stop()
+
+
+@models.command("push")
+@click.argument("ref")
+@_store_option
+@_remote_options
+def push(remote: Any, ref: str) -> None:
+    """Upload NAME[@VERSION|@sha256:HEX] (default: its latest version) to the registry: blobs first,
+    the manifest last; files already there are skipped."""
+    from modelyard.registry.remote import parse_ref
+
+    name, version, digest = parse_ref(ref)
+    t0 = time.perf_counter()
+    with _progress("push", ref) as progress:
+        r = remote.push(name, version, digest=digest, progress=progress)
+    dt = time.perf_counter() - t0
+    click.echo(f"pushed {r.manifest.ref} {r.manifest.digest} to {remote.url}: {_size(r.transferred)} uploaded, "
+               f"{_size(r.skipped)} already there ({dt:.2f} s)")  # fmt: skip
+
+
+@models.command("pull")
+@click.argument("ref")
+@_store_option
+@_remote_options
+def pull(remote: Any, ref: str) -> None:
+    """Fetch NAME[@VERSION|@sha256:HEX] (default: the registry's latest version) into the local store,
+    resuming an interrupted pull; the digest is verified before anything is stored."""
+    from modelyard.registry.remote import parse_ref
+
+    name, version, digest = parse_ref(ref)
+    t0 = time.perf_counter()
+    with _progress("pull", ref) as progress:
+        r = remote.pull(name, version, digest=digest, progress=progress)
+    dt = time.perf_counter() - t0
+    if r.already_local:
+        click.echo(f"{r.manifest.ref} {r.manifest.digest} is already in {remote.store.root}")
+        return
+    resumed = f", resumed after {_size(sum(r.resumed_from.values()))}" if r.resumed_from else ""
+    rate = r.transferred / dt / 1e6 if dt > 0 else 0.0
+    click.echo(f"pulled {r.manifest.ref} {r.manifest.digest} ({_size(r.manifest.size)}) from {remote.url}: "
+               f"{_size(r.transferred)} in {dt:.2f} s ({rate:.0f} MB/s){resumed}, verified")  # fmt: skip
 
 
 def _row(m: Manifest) -> tuple[str, ...]:
