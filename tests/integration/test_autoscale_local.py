@@ -31,8 +31,10 @@ def test_prewarm_loads_replicas_and_idle_scales_to_zero(procs: ProcessPool, tmp_
             {"name": "intent", "deployments": [local_intent, dict(local_intent)],  # two in-process replicas
              "autoscale": {"min_replicas": 0, "max_replicas": 2, "upscale_delay_s": 0, "scale_to_zero_after_s": 600,
                            "prewarm": [{"cron": "* * * * *", "duration_s": 300, "replicas": 2}]}},
-            {"name": "moderation", "deployments": [{"kind": "local", "artifact": "moderation", "keep_alive_s": None}],
-             "autoscale": {"min_replicas": 0, "max_replicas": 1, "downscale_delay_s": 0, "scale_to_zero_after_s": 2}},
+            {"name": "moderation", "deployments": [{"kind": "local", "artifact": "moderation", "keep_alive_s": None},
+                                                   {"kind": "local", "artifact": "moderation", "keep_alive_s": None}],
+             "autoscale": {"min_replicas": 0, "max_replicas": 2, "target_ongoing_requests": 1, "downscale_delay_s": 0,
+                           "scale_to_zero_after_s": 2}},
         ],
     })
     # no request has been sent: the pre-warm window (every minute, for 5 minutes) loads both replicas
@@ -48,6 +50,11 @@ def test_prewarm_loads_replicas_and_idle_scales_to_zero(procs: ProcessPool, tmp_
     c = gw.client(timeout=60)
     assert c.moderations.create(model="moderation", input="you are a damn idiot").results[0].flagged
     assert _tiers(gw.url)["moderation"] == "active"
+    # one request at a time needs one replica: the router keeps them on the resident one, so the
+    # second replica is never loaded behind the autoscaler's back
+    for text in ("hello", "thanks", "you idiot"):
+        c.moderations.create(model="moderation", input=text)
+    assert _tiers(gw.url)["moderation/1"] != "active"
     # ... and after 2 s without traffic the autoscaler takes it back to zero
     wait_until(lambda: _tiers(gw.url)["moderation"] != "active", 30, "moderation scaled to zero")
     st = _status(gw.url)["moderation"]

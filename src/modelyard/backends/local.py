@@ -65,6 +65,10 @@ class LocalBackend:
         self._batch_engine: object | None = None
         self.label = f"local:{key}"
 
+    def resident(self) -> bool:
+        """Loaded on the active tier now (the router prefers these replicas of an autoscaled model)."""
+        return self._manager.tier(self._key).value == "active"
+
     # --- Backend protocol ----------------------------------------------------------------------
     async def call(self, path: str, body: bytes, opts: CallOptions) -> UpstreamReply:
         request = self._parse(path, body)

@@ -52,6 +52,10 @@ class ProcessBackend:
             self._http = (engine, OpenAIBackend(engine.base_url, None, self._pool))
         return self._http[1]
 
+    def resident(self) -> bool:
+        """The engine process is up and on the active tier now."""
+        return self._manager.tier(self._key).value == "active"
+
     async def call(self, path: str, body: bytes, opts: CallOptions) -> UpstreamReply:
         engine: Any = None
         try:

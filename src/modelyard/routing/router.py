@@ -226,6 +226,11 @@ class Router:
             fresh = [d for d in group.deployments if d not in limited and d.has_room() and d.breaker.available()]
             if not fresh:
                 return None
+        if group.cfg.autoscale is not None and len(fresh) > 1 and all(hasattr(d.backend, "resident") for d in fresh):
+            # an autoscaled model: its replicas that the autoscaler keeps resident take the traffic; a
+            # request never loads a further replica on its own (the autoscaler adds replicas on load)
+            warm = [d for d in fresh if d.backend.resident()]  # type: ignore[attr-defined]
+            fresh = warm or fresh[:1]
         pinned = [d for d in fresh if d.name == prefer] if prefer is not None and not tried else ()
         if pinned:  # session affinity: the deployment of the conversation's earlier turns
             dep = pinned[0]
