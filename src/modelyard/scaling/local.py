@@ -77,6 +77,7 @@ class LocalAutoscaler:
         self._interval = interval_s
         self._state: dict[str, ScaleState] = {}
         self._last_seen: dict[str, float] = {}  # model → monotonic time some request was ongoing
+        self._retry: dict[str, tuple[float, float]] = {}  # key → (no load attempt before, backoff): failed loads
         self.last: dict[str, Decision] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -118,14 +119,19 @@ class LocalAutoscaler:
 
     async def _apply(self, m: Scaled, snap: Mapping[str, Mapping[str, Any]], actual: int, desired: int, why: str) -> None:
         if desired > actual:
-            todo = [k for k in m.keys if snap.get(k, {}).get("tier") != "active"][: desired - actual]
+            now = self._clock()
+            todo = [k for k in m.keys if snap.get(k, {}).get("tier") != "active"
+                    and self._retry.get(k, (0.0, 0.0))[0] <= now][: desired - actual]
             for k in todo:
                 log.info("autoscale %s: loading %s (%s)", m.name, k, why)
                 try:
                     await self._manager.load(k)
-                except ModelyardError as exc:
-                    log.warning("autoscale %s: could not load %s: %s", m.name, k, exc.message)
+                except ModelyardError as exc:  # no room, or the load failed: back off (5 s doubling to 5 min)
+                    backoff = min(300.0, 2 * self._retry.get(k, (0.0, 2.5))[1])
+                    self._retry[k] = (self._clock() + backoff, backoff)
+                    log.warning("autoscale %s: could not load %s (next try in %.0f s): %s", m.name, k, backoff, exc.message)
                     return
+                self._retry.pop(k, None)
         else:
             idle = [k for k in reversed(m.keys) if snap.get(k, {}).get("tier") == "active"
                     and not snap.get(k, {}).get("in_flight")][: actual - desired]

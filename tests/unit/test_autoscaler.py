@@ -1,5 +1,5 @@
-"""Predictive pre-warm: the hour-of-week forecast from spend rows (analyze's own fold), and the
-forecast driving a real decision."""
+"""The one-machine autoscaler's inputs and loop: the hour-of-week forecast from spend rows (analyze's own fold),
+the forecast driving a real decision, bounded metric causes, and load failures backed off."""
 
 from __future__ import annotations
 
@@ -40,3 +40,40 @@ def test_cause_labels_are_bounded():
     assert cause_of("idle 900 s ≥ scale_to_zero_after_s 600 → 0") == "idle"
     assert cause_of("load 3 ongoing / target 2 → 2; from zero with requests waiting: at once") == "load"
     assert cause_of("no load → min_replicas") == "load"
+
+
+async def test_a_failing_load_backs_off_instead_of_retrying_every_tick():
+    """A replica whose load fails (no room, a broken artifact) is retried after 5 s, then 10 s, ...
+    not on every tick (the loop used to log the same failure every second)."""
+    from modelyard.errors import InsufficientMemoryError
+    from modelyard.scaling.local import LocalAutoscaler, Scaled
+    from modelyard.testing.clock import ManualClock
+
+    class Manager:
+        def __init__(self) -> None:
+            self.loads = 0
+
+        def snapshot(self):
+            return [{"name": "m", "tier": "disk", "in_flight": 0, "last_used": None}]
+
+        async def load(self, name):
+            self.loads += 1
+            raise InsufficientMemoryError("no room")
+
+    clock, mm = ManualClock(), Manager()
+    p = AutoscaleConfig(min_replicas=1, max_replicas=1)
+    a = LocalAutoscaler([Scaled("m", p, ("m",))], mm, lambda _: 0.0, clock=clock,
+                        wall_clock=lambda: START)
+    for _ in range(4):  # four ticks within a second: one attempt
+        await a.tick()
+        clock.advance(0.25)
+    assert mm.loads == 1
+    clock.advance(5)
+    await a.tick()
+    assert mm.loads == 2  # after the first backoff
+    clock.advance(5)
+    await a.tick()
+    assert mm.loads == 2  # the second backoff is 10 s
+    clock.advance(6)
+    await a.tick()
+    assert mm.loads == 3
