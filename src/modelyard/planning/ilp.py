@@ -202,7 +202,7 @@ def exact(models: list[ModelReq], problem: Problem, greedy: Placement, *, time_l
         return Placement("exact", tuple(bins), cost, optimal=True, gap=0.0, seconds=clock() - t0)
     # stopped by the time limit: the better of HiGHS's incumbent and the FFD plan, with the gap to
     # HiGHS's lower bound on the optimum
-    bound = float(getattr(res, "mip_dual_bound", 0.0) or 0.0)
+    bound = max(float(getattr(res, "mip_dual_bound", 0.0) or 0.0), _simple_bound(models, problem))
     chosen, source = (tuple(bins), "HiGHS") if cost <= greedy.cost_per_hour + 1e-9 else (greedy.bins, "FFD")
     best = Placement("exact", chosen, min(cost, greedy.cost_per_hour), optimal=False)
     moves = 0
@@ -214,6 +214,19 @@ def exact(models: list[ModelReq], problem: Problem, greedy: Placement, *, time_l
     how = f"{source}, then {moves} neighbourhood moves" if improve_with_lns else source
     return Placement("exact", best.bins, best.cost_per_hour, optimal=gap <= 1e-6, gap=gap, seconds=clock() - t0,
                      note=f"time limit {time_limit_s:g} s: best plan found ({how}), within {gap:.1%} of optimal")
+
+
+def _simple_bound(models: list[ModelReq], problem: Problem) -> float:
+    """A lower bound on any plan's cost that needs no search (for when HiGHS stopped before it had
+    one): the GPUs bought must serve the total demand and hold every required replica's bytes, at
+    best at the cheapest price per token/s and per usable byte."""
+    gpus = [g for g in problem.gpus if g.throughput_tps > 0 and g.usable_bytes > 0]
+    if not gpus:
+        return 0.0
+    demand = sum(m.demand_tps for m in models)
+    nbytes = sum(max(m.min_replicas, 1 if m.demand_tps > 0 else 0) * m.replica_bytes for m in models)
+    return max(demand * min(g.cost_per_hour / g.throughput_tps for g in gpus),
+               nbytes * min(g.cost_per_hour / g.usable_bytes for g in gpus))
 
 
 @contextlib.contextmanager
