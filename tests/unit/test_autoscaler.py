@@ -62,7 +62,7 @@ async def test_a_failing_load_backs_off_instead_of_retrying_every_tick():
 
     clock, mm = ManualClock(), Manager()
     p = AutoscaleConfig(min_replicas=1, max_replicas=1)
-    a = LocalAutoscaler([Scaled("m", p, ("m",))], mm, lambda _: 0.0, clock=clock,
+    a = LocalAutoscaler([Scaled("m", p, ("m",))], mm, clock=clock,
                         wall_clock=lambda: START)
     for _ in range(4):  # four ticks within a second: one attempt
         await a.tick()

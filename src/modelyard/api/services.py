@@ -250,11 +250,6 @@ def _autoscaler(settings: Settings, local: LocalModels | None, db: Database | No
     scaled = [s for s in scaled if s.keys]
     if not scaled:
         return None
-    manager = local.manager
-    names = {k: s.name for s in scaled for k in s.keys}
-
-    def ongoing(model: str) -> float:  # in flight + waiting for the model's deployments, from the manager
-        return float(sum(r["in_flight"] + r.get("waiting", 0) for r in manager.snapshot() if names.get(r["name"]) == model))
 
     async def refresh() -> Any:
         from modelyard.scaling.forecast import load_forecast
@@ -262,5 +257,5 @@ def _autoscaler(settings: Settings, local: LocalModels | None, db: Database | No
         assert db is not None
         return await load_forecast(db, wall_clock())
 
-    return LocalAutoscaler(scaled, manager, ongoing, clock=clock, wall_clock=wall_clock,
+    return LocalAutoscaler(scaled, local.manager, clock=clock, wall_clock=wall_clock,
                            refresh_forecast=refresh if db is not None else None, metrics=AutoscaleMetrics(registry))

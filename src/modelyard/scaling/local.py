@@ -54,7 +54,6 @@ class LocalAutoscaler:
         self,
         models: Sequence[Scaled],
         manager: Any,
-        ongoing: Callable[[str], float],
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
@@ -66,7 +65,6 @@ class LocalAutoscaler:
     ) -> None:
         self._models = list(models)
         self._manager = manager
-        self._ongoing = ongoing  # model name → requests in flight + waiting
         self._clock = clock
         self._wall = wall_clock
         self._forecast = forecast
@@ -84,6 +82,11 @@ class LocalAutoscaler:
     def actual(self, snap: Mapping[str, Mapping[str, Any]], m: Scaled) -> int:
         return sum(1 for k in m.keys if snap.get(k, {}).get("tier") == "active")
 
+    @staticmethod
+    def ongoing(snap: Mapping[str, Mapping[str, Any]], m: Scaled) -> float:
+        """Requests in flight on, or waiting for, the model's replicas (the manager counts both)."""
+        return float(sum(snap[k].get("in_flight", 0) + snap[k].get("waiting", 0) for k in m.keys if k in snap))
+
     def _idle_s(self, m: Scaled, snap: Mapping[str, Mapping[str, Any]], now: float, ongoing: float) -> float:
         if ongoing > 0:
             self._last_seen[m.name] = now
@@ -97,8 +100,9 @@ class LocalAutoscaler:
         snap = {row["name"]: row for row in self._manager.snapshot()}
         now, wall = self._clock(), self._wall()
         out: list[Decision] = []
+        acted = False
         for m in self._models:
-            ongoing = float(self._ongoing(m.name))
+            ongoing = self.ongoing(snap, m)
             actual = self.actual(snap, m)
             state = self._state.get(m.name, ScaleState(actual))
             if state.replicas != actual and state.pending is None:
@@ -109,12 +113,16 @@ class LocalAutoscaler:
             desired = min(d.desired, len(m.keys))
             if desired != actual:
                 await self._apply(m, snap, actual, desired, d.reason)
+                acted = True
             self._state[m.name] = d.state
             self.last[m.name] = d
-            if self._metrics is not None:
-                self._metrics.observe(m.name, desired, self.actual({r["name"]: r for r in self._manager.snapshot()}, m),
-                                      cause_of(d.reason), changed=desired != actual)
             out.append(d)
+        if self._metrics is not None:  # what the moves left: one more snapshot only if something moved
+            after = {row["name"]: row for row in self._manager.snapshot()} if acted else snap
+            for m, d in zip(self._models, out, strict=True):
+                desired = min(d.desired, len(m.keys))
+                self._metrics.observe(m.name, desired, self.actual(after, m), cause_of(d.reason),
+                                      changed=desired != self.actual(snap, m))
         return out
 
     async def _apply(self, m: Scaled, snap: Mapping[str, Mapping[str, Any]], actual: int, desired: int, why: str) -> None:

@@ -53,12 +53,6 @@ class Decision:
     reason: str
     state: ScaleState  # the next state (pass it to the next call)
 
-    @property
-    def changed(self) -> bool:
-        return self.desired != self.state_before
-
-    state_before: int = 0
-
 
 def prewarm_floor(policy: AutoscaleConfig, wall: dt.datetime) -> tuple[int, str | None]:
     """The replicas the pre-warm windows ask for at ``wall`` (an aware datetime), and which window."""
@@ -102,15 +96,15 @@ def decide(policy: AutoscaleConfig, state: ScaleState, obs: Observation, *, now:
     cur = state.replicas
     if target == cur:
         return Decision(cur, target, reason if state.pending is None else f"{reason} (steady)",
-                        ScaleState(cur, None, now, state.reason), state_before=cur)
+                        ScaleState(cur, None, now, state.reason))
     if cur == 0 and target > 0 and obs.ongoing > 0:
         return Decision(target, target, f"{reason}; from zero with requests waiting: at once",
-                        ScaleState(target, None, now, reason), state_before=cur)
+                        ScaleState(target, None, now, reason))
     delay = policy.upscale_delay_s if target > cur else policy.downscale_delay_s
     since = state.pending_since if state.pending is not None and (state.pending > cur) == (target > cur) else now
     held = now - since
     if held >= delay:
-        return Decision(target, target, reason, ScaleState(target, None, now, reason), state_before=cur)
+        return Decision(target, target, reason, ScaleState(target, None, now, reason))
     kind = "upscale" if target > cur else "downscale"
     return Decision(cur, target, f"{reason}; waiting {kind}_delay_s ({held:.0f} of {delay:g} s)",
-                    ScaleState(cur, target, since, state.reason), state_before=cur)
+                    ScaleState(cur, target, since, state.reason))

@@ -17,7 +17,6 @@ retry_after, kind)``.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
@@ -101,12 +100,6 @@ def deployment_options(
     else:
         opts["num_replicas"] = 1
     return opts
-
-
-def replicas_for(ongoing: float, policy: AutoscaleConfig) -> int:
-    """What Ray's default policy asks for at ``ongoing`` requests (for the docs and tests)."""
-    want = math.ceil(ongoing / policy.target_ongoing_requests - 1e-9) if ongoing > 0 else 0
-    return max(policy.min_replicas, min(policy.max_replicas, want))
 
 
 class ModelReplica:
