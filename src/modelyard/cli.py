@@ -22,6 +22,7 @@ from modelyard.planning.simulate_cli import simulate_command
 from modelyard.planning.plan_cli import plan_command
 from modelyard.planning.analyze_cli import analyze_command
 from modelyard.scaling.k8s_cli import render_group
+from modelyard.observability.top import top_command
 
 
 _load = load_or_exit
@@ -133,6 +134,7 @@ main.add_command(simulate_command)
 main.add_command(plan_command)
 main.add_command(analyze_command)
 main.add_command(render_group)
+main.add_command(top_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -343,7 +343,7 @@ LITELLM_CONFIG = {
             "model_name": "gpt-lite-backup",
             "litellm_params": {"model": "openai/up-backup", "api_base": "os.environ/LITE_MOCK_BASE"},
         },
-        {"model_name": "claude", "litellm_params": {"model": "anthropic/claude-3-haiku", "api_key": "x"}},
+        {"model_name": "claude", "litellm_params": {"model": "claude-3-haiku", "api_key": "x"}},  # no provider prefix: skipped
     ],
     "router_settings": {
         "routing_strategy": "simple-shuffle",

@@ -187,3 +187,37 @@ def test_a_cascade_serves_chat_completions_only(served: Served) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         client(served).completions.create(model="sure", prompt="hi", max_tokens=4)
     assert e.value.body["param"] == "model" and "cascade" in e.value.body["message"]
+
+
+# --- the Responses API on the real models (issue 14 §1): routing and cascades apply unchanged ---------
+
+
+def test_responses_on_real_models_auto_cascade_stream_and_multi_turn(served: Served) -> None:
+    c = client(served)
+    raw = c.responses.with_raw_response.create(model="auto", input=CODE, max_output_tokens=8, temperature=0)
+    assert route_of(raw)["model"] == "coder"
+    first = raw.parse()
+    validate(raw.http_response.json(), "Response")
+    assert first.status in ("completed", "incomplete") and first.output_text
+    raw = c.responses.with_raw_response.create(model="sure", input="What is 2 + 2?", max_output_tokens=6,
+                                               temperature=0)
+    assert raw.headers["x-modelyard-cascade"].startswith("answered=chat; tier=0")
+    assert raw.parse().output_text
+    with c.responses.stream(model="chat", input="Say hello.", max_output_tokens=6, temperature=0) as s:
+        events = list(s)
+    # 6 tokens may cut the answer: then the stream ends with response.incomplete (as OpenAI's does), on
+    # which the SDK's get_final_response() raises; the event carries the final response either way.
+    assert events[-1].type in ("response.completed", "response.incomplete")
+    final = events[-1].response
+    deltas = [ev.delta for ev in events if ev.type == "response.output_text.delta"]
+    assert deltas and "".join(deltas) == final.output_text
+    follow = c.responses.create(model="chat", input="Say it again.", previous_response_id=final.id,
+                                max_output_tokens=6, temperature=0)
+    assert follow.previous_response_id == final.id and follow.output_text
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"],
+              "additionalProperties": False}
+    js = c.responses.create(model="chat", input="What is 3 + 4? Answer in JSON.", max_output_tokens=24, temperature=0,
+                            text={"format": {"type": "json_schema", "name": "sum", "schema": schema, "strict": True}})
+    import json
+
+    assert isinstance(json.loads(js.output_text)["answer"], int)

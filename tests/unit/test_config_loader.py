@@ -180,7 +180,7 @@ def test_bad_url_path() -> None:
         (dep(api_base="http://h:99999"), "api_base: not a URL (bad port)"),
         (dep(weight=-1), "weight: Input should be greater than 0"),
         (dep(max_concurrency=0), "max_concurrency: Input should be greater than or equal to 1"),
-        (dep(kind="ray"), "kind: must be one of: openai, local, process"),
+        (dep(kind="ray"), "kind: must be one of: openai, local, process, provider"),
         (dep(api_key=12345), "api_key: Input should be a valid string"),
         (dep(apibase="x"), "apibase: unknown field (did you mean 'api_base'?)"),
         (dep(colour="red"), "colour: unknown field"),
@@ -378,6 +378,7 @@ LITELLM_EXAMPLE_ENV = {
     "DATABASE_URL": "postgresql://litellm:pw@db.internal:5432/litellm",
     "REDIS_HOST": "redis.internal",
     "REDIS_PASSWORD": "redis-pw",
+    "ANTHROPIC_API_KEY": "sk-anthropic",
 }
 
 
@@ -385,17 +386,18 @@ def test_litellm_example_loads() -> None:
     result = load_settings(ROOT / "examples" / "litellm_config.yaml", environ=LITELLM_EXAMPLE_ENV)
     assert result.source_format == "litellm"
     s = result.settings
-    assert [m.name for m in s.models] == ["gpt-4o", "llama-3.1-8b"]
-    gpt, llama = s.models
+    assert [m.name for m in s.models] == ["gpt-4o", "llama-3.1-8b", "claude-3-5-sonnet"]
+    gpt, llama, claude = s.models
+    assert (claude.deployments[0].kind, claude.deployments[0].model) == ("provider", "anthropic/claude-3-5-sonnet-20240620")
     assert [d.weight for d in gpt.deployments] == [2.0, 1.0]
     assert [d.api_key for d in gpt.deployments] == ["sk-openai", "sk-proxy-placeholder"]  # 2nd: environment_variables
-    assert (gpt.aliases, gpt.fallbacks, llama.fallbacks) == (["gpt-4"], ["llama-3.1-8b"], [])
+    assert (gpt.aliases, gpt.fallbacks, llama.fallbacks) == (["gpt-4"], ["llama-3.1-8b"], ["claude-3-5-sonnet"])
     assert [d.max_concurrency for d in llama.deployments] == [8, 8]
     assert (s.router.retry.num_retries, s.router.timeout_s, s.router.breaker.cooldown_s) == (3, 300.0, 60.0)
     assert s.auth.master_key == "sk-master-0123"
     assert s.database.url == "postgresql+asyncpg://litellm:pw@db.internal:5432/litellm"
     assert s.limits.redis_url == "redis://:redis-pw@redis.internal:6379/0"
-    assert len(result.warnings) == len(set(result.warnings)) == 10
+    assert len(result.warnings) == len(set(result.warnings)) == 7
     assert not any("sk-" in w or "pw" in w for w in result.warnings)
     with pytest.raises(ConfigError) as info:
         load_settings(ROOT / "examples" / "litellm_config.yaml", environ={})
@@ -430,6 +432,32 @@ def test_routing_problems_name_their_field_paths() -> None:
         "  routing.auto.embedder: unknown model 'nope' (the classifier embeds with it)",
         "  models[1].cascade.tiers[1].model: 'loop' leads back to cascade 'loop' (a cycle)",
         "  models[2].cascade.tiers[1]: the last tier always answers; a threshold there means nothing",
+    ])
+
+
+def test_logprob_tiers_and_judges_must_be_able_to_give_logprobs() -> None:
+    data = {
+        "models": [
+            {"name": "chat", "deployments": [dep()]},
+            {"name": "blind", "deployments": [dep(), {**dep(), "logprobs": False, "name": "blind/b"}]},
+            {"name": "inner", "cascade": {"tiers": [{"model": "chat", "threshold": -1}, {"model": "chat"}]}},
+            {"name": "c1", "cascade": {"tiers": [{"model": "blind", "threshold": -1}, {"model": "chat"}]}},
+            {"name": "c2", "cascade": {"tiers": [{"model": "inner", "confidence": "min_logprob"}, {"model": "chat"}]}},
+            {"name": "c3", "cascade": {"tiers": [{"model": "chat", "confidence": "judge", "judge": "blind"},
+                                                 {"model": "blind"}]}},
+            {"name": "ok", "cascade": {"tiers": [{"model": "blind", "confidence": "judge", "judge": "chat"},
+                                                 {"model": "blind"}]}},
+        ],
+    }
+    lines = config_error(data).splitlines()
+    assert lines[0] == "config.yaml: 3 problems"
+    assert sorted(lines[1:]) == sorted([
+        "  models[3].cascade.tiers[0].model: 'blind' cannot give token logprobs (mean_logprob): its deployment "
+        "blind/b says logprobs: false; use confidence: judge with a model that can",
+        "  models[4].cascade.tiers[0].model: 'inner' is a cascade, whose answers carry no usable token logprobs "
+        "(min_logprob); use confidence: judge",
+        "  models[5].cascade.tiers[0].judge: 'blind' cannot give token logprobs (judge): its deployment blind/b says "
+        "logprobs: false; use confidence: judge with a model that can",
     ])
 
 

@@ -18,9 +18,10 @@ from typing import Any
 
 from modelyard.accounting.outcome import Outcome
 from modelyard.accounting.pricing import cost as price_of
-from modelyard.accounting.pricing import to_nano
+from modelyard.accounting.pricing import NANO, to_nano
 from modelyard.accounting.store import SpendRow
 from modelyard.observability.metrics import UNKNOWN_MODEL
+from modelyard.observability.recent import RecentOutcomes
 
 WallClock = Callable[[], dt.datetime]
 
@@ -42,6 +43,7 @@ class Finished:
     model: str | None  # the public model label (None: the request never named a valid one)
     key_id: str | None = None
     team: str | None = None
+    batch_id: str | None = None  # an item of this batch (Batch API): its rows are marked and discounted
 
 
 class Recorder:
@@ -53,12 +55,15 @@ class Recorder:
         charge: Callable[[Any, int], None] | None = None,  # (principal, nano-units) → the budgets
         access_log: Any = None,  # observability.logging.AccessLog
         wall_clock: WallClock = utc_now,
+        batch_price: Callable[[str], Decimal] | None = None,  # model → the share of its price a batch item pays
     ) -> None:
         self._metrics = metrics
         self._spend = spend
         self._charge = charge
         self._log = access_log if access_log is not None and access_log.enabled else None
         self._now = wall_clock
+        self._batch_price = batch_price
+        self.recent = RecentOutcomes()  # the last auto-routing decisions and cascade hops (/admin/routing)
 
     def record(self, f: Finished, outcome: Outcome | None, principal: Any = None) -> Decimal:
         """Record one request; returns its total cost (every hop)."""
@@ -72,6 +77,8 @@ class Recorder:
             total = self._spend_rows(f, outcome, principal)
         if self._log is not None:
             self._log.write(_log_line(f, outcome))
+        if RecentOutcomes.qualifies(outcome):
+            self.recent.add(self._now(), f.request_id, outcome, f.elapsed_s)
         return total
 
     def _spend_rows(self, f: Finished, outcome: Outcome | None, principal: Any) -> Decimal:
@@ -84,18 +91,21 @@ class Recorder:
             self._spend.write(SpendRow(
                 request_id=f.request_id, ts=ts, key_hash=f.key_id, team=f.team, model=f.model, deployment="",
                 prompt_tokens=0, completion_tokens=0, cost=Decimal(0).quantize(Decimal("0.000000001")), priced=False,
-                latency_ms=latency_ms, status=f.status, fallbacks=0, stream=stream))
+                latency_ms=latency_ms, status=f.status, fallbacks=0, stream=stream, batch_id=f.batch_id))
             return Decimal(0)
         total = Decimal(0)
         last = len(hops) - 1
         for i, hop in enumerate(hops):
             c, priced = price_of(hop.price, hop.prompt_tokens, hop.completion_tokens)
+            if f.batch_id is not None and self._batch_price is not None:
+                c = (c * self._batch_price(hop.model)).quantize(NANO)
             total += c
             self._spend.write(SpendRow(
                 request_id=f.request_id if i == last else f"{f.request_id}#{i}", ts=ts, key_hash=f.key_id,
                 team=f.team, model=hop.model, deployment=hop.deployment or "", prompt_tokens=hop.prompt_tokens,
                 completion_tokens=hop.completion_tokens, cost=c, priced=priced, latency_ms=latency_ms,
-                status=hop.status if i < last else f.status, fallbacks=hop.fallbacks, stream=stream, hop=i))
+                status=hop.status if i < last else f.status, fallbacks=hop.fallbacks, stream=stream, hop=i,
+                batch_id=f.batch_id))
         if total and self._charge is not None:
             self._charge(principal, to_nano(total))
         return total

@@ -33,7 +33,7 @@ from .store import SpendRow, SpendStoreError
 
 COLUMNS = (
     "request_id", "ts_us", "key_hash", "team", "model", "deployment", "prompt_tokens", "completion_tokens",
-    "cost_nano", "priced", "latency_ms", "status", "fallbacks", "stream", "hop",
+    "cost_nano", "priced", "latency_ms", "status", "fallbacks", "stream", "hop", "batch_id",
 )
 
 
@@ -41,7 +41,7 @@ def as_tuple(r: SpendRow) -> tuple[Any, ...]:
     return (
         r.request_id, to_us(r.ts), r.key_hash, r.team, r.model, r.deployment, int(r.prompt_tokens),
         int(r.completion_tokens), to_nano(r.cost), bool(r.priced), float(r.latency_ms), int(r.status),
-        int(r.fallbacks), bool(r.stream), int(r.hop),
+        int(r.fallbacks), bool(r.stream), int(r.hop), r.batch_id,
     )
 
 
@@ -84,7 +84,7 @@ class SqliteSink:
 
     def _insert_sync(self, rows: Sequence[SpendRow]) -> int:
         conn = self._connect()
-        before = conn.total_changes
+        new = 0  # the statements' own rowcount: total_changes would also count spend_daily's trigger upserts
         conn.execute("BEGIN IMMEDIATE")
         try:
             i = 0
@@ -95,14 +95,14 @@ class SqliteSink:
                         flat.extend(as_tuple(r))
                         if k % 100 == 0:
                             time.sleep(0)  # let the event loop have the GIL: it waits up to 5 ms otherwise
-                    conn.execute(self._stmt(size), flat)
+                    new += conn.execute(self._stmt(size), flat).rowcount
                     i += size
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return conn.total_changes - before
+        return new
 
     async def aclose(self) -> None:
         def close() -> None:

@@ -104,13 +104,15 @@ def register(app: ModelyardApp) -> None:
         await req.respond_json(200, {"object": "list", "data": [r.to_json() for r in rows], "next_cursor": cursor})
 
     async def spend_report(req: Request) -> None:
-        """GET /spend/report?since=&until=&group_by=model,day (default: the last 30 days by model)."""
+        """GET /spend/report?since=&until=&group_by=model,day&limit= (default: the last 30 days by model;
+        limit: only the top N groups by cost, highest first)."""
         req.endpoint = "spend"
         q = req.query()
         until = _time(q, "until") or dt.datetime.now(dt.UTC)
         since = _time(q, "since") or until - dt.timedelta(days=30)
         group_by = tuple(g for g in q.get("group_by", "model").split(",") if g)
-        rows = await spend_store().report(since, until, group_by)
+        limit = _int(q, "limit", 0) if "limit" in q else None
+        rows = await spend_store().report(since, until, group_by, limit)
         data = [
             {**dataclasses.asdict(r), "cost": str(r.cost),
              "cost_per_success": None if r.cost_per_success is None else str(r.cost_per_success)}

@@ -290,6 +290,17 @@ def _modelyard_paths() -> dict[str, Any]:
             "summary": "Autoscaled models: desired vs actual replicas and the reason of the last decision.",
             "responses": _responses(_json(_ref("ModelyardAutoscale")), _ADMIN),
         }},
+        "/admin/traffic": {"get": {  # api/ui_routes.py: what /ui and `modelyard top` poll
+            **tag, "operationId": "adminTraffic", "security": _MASTER,
+            "summary": "Per model over the last window: req/s, error rate, tokens/s, p50/p99 latency and TTFT, queue.",
+            "responses": _responses(_json({"type": "object"}), _ADMIN),
+        }},
+        "/admin/routing": {"get": {
+            **tag, "operationId": "adminRouting", "security": _MASTER,
+            "summary": "The last auto-routing decisions and cascade hops, newest first.",
+            "parameters": [_q("limit", "At most this many (1..1000)", {"type": "integer", "minimum": 1, "maximum": 1000})],
+            "responses": _responses(_json({"type": "object"}), (*_ADMIN, "400")),
+        }},
         "/admin/models/{model}/{action}": {"post": {
             **tag, "operationId": "adminModelAction", "security": _MASTER,
             "summary": "Load, demote ({\"to\": \"host\"|\"disk\"}), unload, pin or unpin a local model.",
@@ -402,9 +413,12 @@ def build_document(*, keys_enabled: bool) -> dict[str, Any]:
             if not isinstance(op, dict) or "responses" not in op:
                 continue
             codes = _AUTHED if "requestBody" not in op else _PROXIED
-            if path == "/v1/models/{model}":
-                codes = (*_AUTHED, "404")
-            op["responses"] = {**_responses(op["responses"]["200"], codes), **op["responses"]}
+            if op.get("parameters") and "400" not in codes:  # a bad query parameter or id
+                codes = ("400", *codes)
+            if "{" in path and "404" not in codes:  # an id in the path: unknown, or another key's (never disclosed)
+                codes = (*codes, "404")
+            # modelyard's error answers win over the few the spec lists with other bodies
+            op["responses"] = {**op["responses"], **_responses(op["responses"]["200"], codes)}
             op["responses"]["429"] = _RATE
     # OpenAI answers a base64 string for encoding_format "base64"; its document lists only the array.
     emb = components["schemas"]["Embedding"]["properties"]
@@ -415,6 +429,8 @@ def build_document(*, keys_enabled: bool) -> dict[str, Any]:
     cmpl = doc["paths"]["/v1/completions"]["post"]["responses"]["200"]["content"]
     components["schemas"]["ModelyardCompletionStreamChunk"] = _completion_chunk(components["schemas"])
     cmpl["text/event-stream"] = {"schema": _sse_event("ModelyardCompletionStreamChunk")}
+    content = doc["paths"]["/v1/files/{file_id}/content"]["get"]["responses"]["200"]["content"]
+    content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}  # the file's bytes
     doc["paths"].update(_modelyard_paths())
     doc["info"] = {
         "title": "modelyard",

@@ -47,6 +47,20 @@ OPERATIONS = (
     ("/moderations", "post"),
     ("/models", "get"),
     ("/models/{model}", "get"),
+    ("/responses", "post"),
+    ("/responses/{response_id}", "get"),
+    ("/responses/{response_id}", "delete"),
+    ("/responses/{response_id}/cancel", "post"),
+    ("/responses/{response_id}/input_items", "get"),
+    ("/files", "post"),
+    ("/files", "get"),
+    ("/files/{file_id}", "get"),
+    ("/files/{file_id}", "delete"),
+    ("/files/{file_id}/content", "get"),
+    ("/batches", "post"),
+    ("/batches", "get"),
+    ("/batches/{batch_id}", "get"),
+    ("/batches/{batch_id}/cancel", "post"),
 )
 PREFIX = "/v1"
 _DROP = ("x-oaiMeta",)

@@ -97,8 +97,10 @@ class Proxy:
         return self._sessions
 
     async def forward(
-        self, req: Request, path: str, model: str, data: dict[str, Any], raw: bytes, *, stream: bool
+        self, req: Request, path: str, model: str, data: dict[str, Any], raw: bytes, *, stream: bool,
+        priority: int | None = None,
     ) -> Outcome:
+        """Carry one request; ``priority`` (an internal caller's: a batch item) replaces the decided one."""
         tally = req.outcome = Tally(model=model, stream=stream)
         auto = self.auto
         session = session_of(self._routing.affinity, req.header(self._session_header), data)
@@ -117,7 +119,8 @@ class Proxy:
         if pin is not None and pin.model != group.name:
             pin = None  # an explicit other model wins over the pin; auto chose afresh (the pinned one is gone)
         principal = req.principal
-        req.priority = self._priority(req, principal, len(raw))  # a bad or forbidden x-priority: 400/403 here
+        # a bad or forbidden x-priority: 400/403 here
+        req.priority = self._priority(req, principal, len(raw)) if priority is None else priority
         guard = self._guard
         reservation = None
         tokens = 0
@@ -225,7 +228,8 @@ class Proxy:
     async def stream(self, req: Request, group: ModelGroup, path: str, data: dict[str, Any], raw: bytes, tokens: int,
                      prefer: str | None, *, extra: dict[str, Any] | None = None) -> None:
         opts = data.get("stream_options")
-        client_wants_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+        # The Responses API always ends its stream with the usage (and has no include_usage).
+        client_wants_usage = (isinstance(opts, dict) and opts.get("include_usage") is True) or path == "/responses"
         if not client_wants_usage:
             extra = {**(extra or {}), "stream_options": {**(opts or {}), "include_usage": True}}
         body_for = BodyFor(data, raw, extra)
@@ -286,6 +290,8 @@ def _tokens(usage: dict[str, Any] | None) -> tuple[int, int]:
     if not usage:
         return 0, 0
     p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if p is None and c is None:  # the Responses API's names (an upstream that speaks it natively)
+        p, c = usage.get("input_tokens"), usage.get("output_tokens")
     return (p if isinstance(p, int) and p > 0 else 0), (c if isinstance(c, int) and c > 0 else 0)
 
 

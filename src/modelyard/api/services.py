@@ -23,6 +23,9 @@ from modelyard.scaling.local import LocalAutoscaler, Scaled
 from modelyard.api.auth import Gate
 from modelyard.api.cascading import Cascades, calibrations
 from modelyard.api.proxy import Proxy
+from modelyard.batch import batch_price, build_batches
+from modelyard.api.responses import ResponsesService
+from modelyard.responses.store import ResponseStore
 from modelyard.auth.ring import KeyRing
 from modelyard.auth.store import KeyStore
 from modelyard.backends.base import Backend
@@ -41,6 +44,7 @@ from modelyard.memory.manager import MemoryManager
 from modelyard.observability.logging import AccessLog
 from modelyard.observability.loop_lag import GcPauses, LoopLagMonitor
 from modelyard.observability.metrics import Metrics
+from modelyard.observability.engine_metrics import register_engines
 from modelyard.observability.spend_metrics import register_spend
 from modelyard.registry.artifacts import ArtifactStore
 from modelyard.routing.auto import AutoRouter
@@ -79,6 +83,8 @@ class Services:
     draining: bool = False
     loop_lag: LoopLagMonitor | None = None
     gc_pauses: GcPauses | None = None
+    responses: ResponsesService | None = None  # /v1/responses (api/responses.py)
+    batches: Any = None  # the Batch API: batch.service.BatchService (None: batch.enabled off)
 
     @property
     def memory(self) -> MemoryManager | None:
@@ -114,8 +120,16 @@ class Services:
             await self.ray.start()  # connect, deploy; returns once min_replicas are warm
         if self.autoscaler is not None:
             await self.autoscaler.start()  # after the manager: its first tick may pre-warm
+        if self.responses is not None:
+            await self.responses.start()  # last: resumed background responses need every model
+        if self.batches is not None:
+            await self.batches.start()  # after every model: it resumes batches in progress
 
     async def aclose(self) -> None:
+        if self.batches is not None:
+            await self.batches.aclose()  # first: running items stay pending, resumed at the next start
+        if self.responses is not None:
+            await self.responses.aclose()  # first: its background runs stay pending, resumed at the next start
         if self.autoscaler is not None:
             await self.autoscaler.aclose()
         if self.local is not None:
@@ -151,6 +165,8 @@ def build_services(
     ray = ray_services(settings)  # None unless `serve --ray`
     in_process = has_local(settings) and (ray is None or ray.needs_local)
     local = build_local_models(settings, metrics.registry, pool=pool) if in_process else None
+    if local is not None:  # managed engines' restarts on /metrics (observability/engine_metrics.py)
+        register_engines(metrics.registry, local.manager.snapshot)
 
     def backend_for(d: Deployment) -> Backend:
         if ray is not None and id(d) in ray.backends:
@@ -158,6 +174,12 @@ def build_services(
         if isinstance(d, (LocalDeployment, ProcessDeployment)):
             assert local is not None
             return local.backends[id(d)]
+        if d.kind == "provider":  # LiteLLM is imported here, and only here (never for OpenAI upstreams)
+            from modelyard.backends.provider import ProviderBackend, check_provider, load_sdk
+
+            sdk = load_sdk(f"deployment {d.name!r}")
+            check_provider(sdk, d, f"deployment {d.name!r}")
+            return ProviderBackend(d, sdk)
         return OpenAIBackend(d.api_base, d.api_key, pool)
 
     master_key = settings.auth.master_key or os.environ.get("MODELYARD_MASTER_KEY") or None
@@ -208,7 +230,9 @@ def build_services(
     proxy.cascades = Cascades(proxy, router, metrics, calibration=calibrations(settings.models, home), auto=auto)
     gate = Gate(master_key, ring, budgets, on_budget_exceeded=metrics.budget_exceeded.inc)
     access_log = access_log or AccessLog(enabled=settings.server.access_log)
-    return Services(
+    recorder = Recorder(metrics=metrics, spend=spend, charge=gate.charge, access_log=access_log, wall_clock=wall_clock,
+                        batch_price=batch_price(settings))
+    services = Services(
         settings=settings,
         metrics=metrics,
         pool=pool,
@@ -231,8 +255,12 @@ def build_services(
         redis=redis,
         loop_lag=LoopLagMonitor(metrics.registry),
         gc_pauses=GcPauses(metrics.registry),
-        recorder=Recorder(metrics=metrics, spend=spend, charge=gate.charge, access_log=access_log, wall_clock=wall_clock),
+        recorder=recorder,
+        responses=ResponsesService(proxy, ResponseStore(db) if db is not None else None, recorder, settings.responses,
+                                   clock=clock, wall_clock=wall_clock, ring=ring, router=router),
     )
+    services.batches = build_batches(services, wall_clock=wall_clock)
+    return services
 
 
 async def _no_spend(key_id: str, since: dt.datetime) -> int:

@@ -119,6 +119,16 @@ class SSERelay:
                 elif self._open(choices):  # llama.cpp's {"role": "assistant", "content": null}
                     event = b"data: " + orjson.dumps(obj)
         usage = obj.get("usage")
+        kind = obj.get("type")
+        if kind is not None and not choices:  # a Responses API event (an upstream that speaks it natively)
+            if kind == "response.output_text.delta":
+                self.first_content = True
+            elif kind in ("response.completed", "response.incomplete", "response.failed"):
+                resp = obj.get("response")
+                usage = resp.get("usage") if isinstance(resp, dict) else None
+                if isinstance(usage, dict):
+                    self.usage = usage
+                return event
         if isinstance(usage, dict):
             self.usage = usage
             if self._strip_usage and not choices:

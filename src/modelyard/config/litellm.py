@@ -3,9 +3,12 @@
 Teams arrive with a working LiteLLM config; accepting it as-is makes trying modelyard a one-line
 change. A key is either mapped to a native setting with the same meaning or reported in exactly
 one warning naming its key path: nothing is dropped silently, since an operator who loses a
-fallback chain without being told finds out during an outage. Only providers that speak the OpenAI
-HTTP API can be served (modelyard forwards requests, it does not translate protocols); other
-deployments are skipped with a warning. Structurally broken input is an error, as in LiteLLM.
+fallback chain without being told finds out during an outage. Providers that speak the OpenAI HTTP
+API become ``kind: openai`` deployments (modelyard forwards their bytes); every other provider
+prefix (``anthropic/``, ``bedrock/``, ``vertex_ai/``, ``cohere/``, ...) becomes a ``kind: provider``
+deployment, called through the LiteLLM SDK as a library (backends/provider.py), its other
+``litellm_params`` passed on as LiteLLM call arguments. Only a model without a provider prefix is
+skipped with a warning. Structurally broken input is an error, as in LiteLLM.
 
 Besides the models and the router, three deployment settings carry over: ``general_settings.master_key``
 (→ ``auth.master_key``), ``general_settings.database_url`` (→ ``database.url``, rewritten for the
@@ -33,6 +36,7 @@ from typing import Any
 
 from modelyard.config.litellm_urls import asyncpg_url, is_redis_url, redis_address
 from modelyard.config.loader import ENV_PREFIX, config_error, interpolate, join_path
+from modelyard.config.schema import PROVIDER_RESERVED_PARAMS
 
 __all__ = ["OPENAI_COMPATIBLE", "Provider", "Translation", "split_provider", "translate", "translate_full"]
 
@@ -51,9 +55,10 @@ class Provider:
 _OPENAI = Provider("https://api.openai.com/v1", ("OPENAI_BASE_URL", "OPENAI_API_BASE"), ("OPENAI_API_KEY",))
 
 # LiteLLM provider prefixes whose upstream serves the OpenAI HTTP API as-is (same paths, same model
-# name). Left out on purpose: azure (deployment URLs, api-version), fireworks_ai (LiteLLM rewrites
-# model names), ollama (native API), mistral/perplexity (parameter differences), and every
-# non-OpenAI protocol (anthropic, bedrock, vertex_ai, gemini, cohere, ...).
+# name): served as kind openai. Every other prefix — azure (deployment URLs, api-version),
+# fireworks_ai (LiteLLM rewrites model names), ollama (native API), mistral/perplexity (parameter
+# differences) and the non-OpenAI protocols (anthropic, bedrock, vertex_ai, gemini, cohere, ...) —
+# is served as kind provider, through LiteLLM itself.
 OPENAI_COMPATIBLE: Mapping[str, Provider] = MappingProxyType(
     {
         "openai": _OPENAI,
@@ -268,18 +273,20 @@ class _Translator:
             self.errors.append(f"{ppath}.model: required (e.g. 'openai/<upstream model>')")
             return
         provider, upstream = split_provider(target, custom if isinstance(custom, str) else None)
-        if provider is None or provider not in OPENAI_COMPATIBLE:
-            what = f"provider {provider!r}" if provider else "a model without a provider prefix"
+        if provider is None:
             self.warn(
                 path,
-                f"model_name {name!r}: {what} ({target!r}) is not an OpenAI-compatible HTTP API modelyard can "
-                "call; deployment skipped (use openai/<model> with api_base for an OpenAI-compatible server)",
+                f"model_name {name!r}: a model without a provider prefix ({target!r}) is not one LiteLLM can "
+                "call either; deployment skipped (write <provider>/<model>, e.g. openai/<model> with api_base)",
             )
             return
         if not upstream:
             self.errors.append(f"{ppath}.model: no model name after the provider prefix")
             return
-        dep = self.deployment(path, params, provider, upstream)
+        if provider in OPENAI_COMPATIBLE:
+            dep = self.deployment(path, params, provider, upstream)
+        else:
+            dep = self.provider_deployment(path, params, f"{provider}/{upstream}")
         if dep is None:
             return
         price, price_origins = self.costs(
@@ -327,6 +334,33 @@ class _Translator:
                 )
             elif key not in _PARAMS_HANDLED:
                 self.warn(join_path(ppath, key), IGNORED)
+        return dep
+
+    def provider_deployment(self, path: str, params: Mapping[str, Any], model: str) -> _Deployment:
+        """A provider that is not OpenAI-compatible → ``kind: provider`` (LiteLLM as a library): the
+        keys modelyard owns map as for ``openai``; every other ``litellm_params`` key is LiteLLM's own
+        call argument (``aws_region_name``, ``vertex_project``, ``api_version``, ``drop_params``, ...)
+        and goes to ``params`` unchanged."""
+        ppath = f"{path}.litellm_params"
+        dep = _Deployment(path, {"kind": "provider", "model": model}, {"model": f"{ppath}.model"})
+        base_key = next((k for k in ("api_base", "base_url") if params.get(k) is not None), None)
+        if base_key == "api_base" and params.get("base_url") is not None:
+            self.warn(f"{ppath}.base_url", "api_base is also set; ignored")
+        extra: dict[str, Any] = {}
+        for key, raw in params.items():
+            kpath = join_path(ppath, key)
+            target = {"api_base": "api_base", "base_url": "api_base", "api_key": "api_key", **_DEPLOYMENT_FIELDS}.get(key)
+            if raw is None or key in ("model", "custom_llm_provider", *_COSTS) or (target == "api_base" and key != base_key):
+                continue
+            if target is not None:
+                dep.fields[target], dep.origins[target] = self.value(raw, kpath), kpath
+            elif key in PROVIDER_RESERVED_PARAMS:
+                self.warn(kpath, "modelyard owns retries and timeouts (router.retry, timeout); ignored")
+            else:
+                extra[key] = self.value(raw, kpath)
+                dep.origins[f"params.{key}"] = kpath
+        if extra:
+            dep.fields["params"] = extra
         return dep
 
     def costs(

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
+from modelyard.config.responses import ResponsesConfig
+from modelyard.config.batch import BatchAPIConfig
 from modelyard.config.routing import CascadeConfig, RoutingConfig
 from modelyard.config.scaling import AutoscaleConfig
 
@@ -87,6 +89,12 @@ class OpenAIDeployment(_DeploymentBase):
     api_base: str
     model: str = Field(min_length=1, description="model name sent to the upstream")
     api_key: str | None = None
+    # Whether the upstream returns token logprobs (None: assumed). A cascade tier scored by logprobs,
+    # or a judge, on a model with a deployment that says false is a config error at load.
+    logprobs: bool | None = None
+    # The upstream speaks OpenAI's Responses API itself: /v1/responses requests for a model whose
+    # deployments all say so are passed through (it stores them), not translated onto chat completions.
+    responses_api: bool = False
 
     @field_validator("api_base")
     @classmethod
@@ -167,6 +175,63 @@ class ProcessDeployment(_DeploymentBase):
         return self.model or public
 
 
+# Set by the provider backend itself, or owned by modelyard (retries, timeouts): not in ``params``.
+PROVIDER_RESERVED_PARAMS = frozenset({
+    "model", "messages", "input", "stream", "stream_options", "api_key", "api_base", "base_url", "timeout",
+    "request_timeout", "stream_timeout", "num_retries", "max_retries", "custom_llm_provider", "fallbacks",
+})
+
+
+class ProviderDeployment(_DeploymentBase):
+    """A provider that does not speak the OpenAI API (Anthropic, Bedrock, Vertex AI, Cohere, ...),
+    called through the LiteLLM SDK as a library (the ``providers`` extra; backends/provider.py)."""
+
+    kind: Literal["provider"]
+    model: str = Field(description="<provider>/<model> as LiteLLM names it, e.g. anthropic/claude-3-5-sonnet-20240620")
+    api_key: str | None = None  # None: the provider's own variable (ANTHROPIC_API_KEY, ...), read by LiteLLM
+    api_base: str | None = None  # None: the provider's public endpoint
+    params: dict[str, object] = Field(default_factory=dict)  # passed to LiteLLM as is (aws_region_name, ...)
+    # Most such providers (Anthropic, Bedrock's Claude, Cohere) return no token logprobs: say true
+    # for one that does, to score a cascade tier by them.
+    logprobs: bool | None = False
+
+    @field_validator("model")
+    @classmethod
+    def _provider_model(cls, v: str) -> str:
+        provider, _, name = v.partition("/")
+        if not provider or not name:
+            raise ValueError("expected <provider>/<model> (e.g. anthropic/claude-3-5-sonnet-20240620)")
+        return v
+
+    @field_validator("api_base")
+    @classmethod
+    def _base_url(cls, v: str | None) -> str | None:
+        if v is not None and (urlsplit(v).scheme not in ("http", "https") or not urlsplit(v).hostname):
+            raise ValueError("not a URL (expected http(s)://host[:port][/path])")
+        return v.rstrip("/") if v is not None else None
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: dict[str, object]) -> dict[str, object]:
+        bad = sorted(k for k in v if k in PROVIDER_RESERVED_PARAMS)
+        if bad:
+            raise ValueError(f"{', '.join(map(repr, bad))}: set by modelyard (use the deployment's own fields, "
+                             "router.timeout_s and router.retry)")
+        return v
+
+    @model_validator(mode="after")
+    def _sdk_installed(self) -> "ProviderDeployment":
+        import importlib.util
+
+        if importlib.util.find_spec("litellm") is None:
+            raise ValueError("kind 'provider' calls the provider through the LiteLLM SDK, which is not installed: "
+                             "pip install 'modelyard[providers]'")
+        return self
+
+    def upstream_name(self, public: str) -> str:
+        return self.model
+
+
 def _deployment_kind(v: object) -> str:
     if isinstance(v, dict):
         kind = v.get("kind", "openai")
@@ -174,15 +239,16 @@ def _deployment_kind(v: object) -> str:
     return getattr(v, "kind", "openai")
 
 
-DEPLOYMENT_KINDS = ("openai", "local", "process")
+DEPLOYMENT_KINDS = ("openai", "local", "process", "provider")
 Deployment = Annotated[
     Union[
         Annotated[OpenAIDeployment, Tag("openai")],
         Annotated[LocalDeployment, Tag("local")],
         Annotated[ProcessDeployment, Tag("process")],
+        Annotated[ProviderDeployment, Tag("provider")],
     ],
     Discriminator(_deployment_kind, custom_error_type="invalid_kind",
-                  custom_error_message="must be one of: openai, local, process"),
+                  custom_error_message="must be one of: openai, local, process, provider"),
 ]
 
 
@@ -203,6 +269,7 @@ class ModelConfig(_Strict):
     rpm: Annotated[int, Field(ge=1)] | None = None  # requests per minute for the model, all keys together
     tpm: Annotated[int, Field(ge=1)] | None = None  # tokens per minute (estimate at admission, settled with usage)
     autoscale: AutoscaleConfig | None = None  # replicas on its own traffic (scaling/policy.py)
+    batch_discount: Annotated[float, Field(ge=0, le=1)] = 0.5  # Batch API items pay (1 - this) of the price
 
     @model_validator(mode="after")
     def _deployment_keys(self) -> "ModelConfig":
@@ -339,6 +406,8 @@ class Settings(_Strict):
     routing: RoutingConfig = RoutingConfig()
     registry: RegistryConfig = RegistryConfig()
     ray: RayConfig = RayConfig()
+    responses: ResponsesConfig = ResponsesConfig()
+    batch: BatchAPIConfig = BatchAPIConfig()  # the Batch API (config/batch.py)
     models: list[ModelConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -400,9 +469,27 @@ def _routing_problems(s: "Settings", seen: dict[str, str]) -> list[str]:
                     problems.append(f"{where}.{field}: unknown model {target!r}")
                 elif _reaches(by_name, target, m.name):
                     problems.append(f"{where}.{field}: {target!r} leads back to cascade {m.name!r} (a cycle)")
-            if j == len(m.cascade.tiers) - 1 and (tier.threshold is not None or tier.thresholds):
+            last = j == len(m.cascade.tiers) - 1
+            if last and (tier.threshold is not None or tier.thresholds):
                 problems.append(f"{where}: the last tier always answers; a threshold there means nothing")
+            elif not last and tier.confidence != "judge":
+                problems += _no_logprobs(by_name, tier.model, f"{where}.model", tier.confidence)
+            if tier.judge is not None:
+                problems += _no_logprobs(by_name, tier.judge, f"{where}.judge", "judge")
     return problems
+
+
+def _no_logprobs(by_name: dict[str, "ModelConfig"], name: str, where: str, why: str) -> list[str]:
+    """A tier scored by token logprobs (or a judge, read by its answer's logprobs) must be able to give them."""
+    target = by_name.get(name)
+    if target is None:
+        return []  # reported as an unknown model
+    if target.cascade is not None:
+        return [f"{where}: {name!r} is a cascade, whose answers carry no usable token logprobs ({why}); "
+                "use confidence: judge"]
+    return [f"{where}: {name!r} cannot give token logprobs ({why}): its deployment "
+            f"{d.name or i} says logprobs: false; use confidence: judge with a model that can"
+            for i, d in enumerate(target.deployments) if getattr(d, "logprobs", None) is False]
 
 
 def _reaches(by_name: dict[str, "ModelConfig"], start: str, target: str) -> bool:

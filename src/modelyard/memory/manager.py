@@ -277,6 +277,16 @@ class MemoryManager:
     def tier(self, name: str) -> Tier:
         return self._get(name).tier
 
+    def would_evict(self, name: str) -> bool:
+        """Whether making ``name`` active now would move another model (or cannot be done at all);
+        False for a model already active or loading. Read-only: ``plan`` on the current residents."""
+        m = self._get(name)
+        if m.tier is Tier.active:
+            return False
+        need = m.footprint.active if m.footprint else (m.spec.estimated_bytes or 0)
+        p = plan(name, need, self._residents(), self._budgets)
+        return not p.feasible or bool(p.demotions)
+
     def snapshot(self) -> list[dict[str, Any]]:
         now = self._clock()
         return [snapshot_of(m, now) for m in self._models.values()]

@@ -397,3 +397,57 @@ def parse_behavior(spec: str) -> Behavior:
         else:
             raise ValueError(f"unknown behavior {part.strip()!r}")
     return b
+
+
+# ------------------------------------------------------------ responses (native)
+def _responses_input_text(body: dict) -> str:
+    inp = body.get("input")
+    if isinstance(inp, str):
+        return inp
+    if isinstance(inp, list) and inp and isinstance(inp[-1], dict):
+        return _content_text(inp[-1].get("content"))
+    return ""
+
+
+def native_response(body: Any, rid: str, created: int) -> dict:
+    """A minimal Responses API object, as an upstream that speaks ``/v1/responses`` itself answers
+    (the text says "native", so a test can tell it was not translated onto chat completions)."""
+    if not isinstance(body, dict):
+        raise RequestError("body must be a JSON object")
+    text = "native " + " ".join(reply_words(_responses_input_text(body), None)[0])
+    p = _word_count(_responses_input_text(body))
+    c = _word_count(text)
+    return {
+        "id": rid, "object": "response", "created_at": created, "status": "completed", "completed_at": created,
+        "error": None, "incomplete_details": None, "instructions": body.get("instructions"),
+        "model": _model(body), "output": [{"type": "message", "id": "msg_" + rid, "status": "completed",
+                                           "role": "assistant", "content": [{"type": "output_text", "text": text,
+                                                                             "annotations": [], "logprobs": []}]}],
+        "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "temperature": 1.0, "top_p": 1.0,
+        "metadata": {}, "usage": {"input_tokens": p, "input_tokens_details": {"cached_tokens": 0},
+                                  "output_tokens": c, "output_tokens_details": {"reasoning_tokens": 0},
+                                  "total_tokens": p + c},
+    }
+
+
+def native_stream(body: Any, rid: str, created: int) -> list[bytes]:
+    """The same as SSE: (event name, data) frames from response.created to response.completed."""
+    final = native_response(body, rid, created)
+    text = final["output"][0]["content"][0]["text"]
+    start = {**final, "status": "in_progress", "output": [], "completed_at": None}
+    start.pop("usage")
+    item = {**final["output"][0], "status": "in_progress", "content": []}
+    part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+    events: list[tuple[str, dict]] = [
+        ("response.created", {"response": start}),
+        ("response.output_item.added", {"output_index": 0, "item": item}),
+        ("response.content_part.added", {"item_id": item["id"], "output_index": 0, "content_index": 0, "part": part}),
+    ]
+    for i, word in enumerate(text.split(" ")):
+        events.append(("response.output_text.delta", {"item_id": "msg_" + rid, "output_index": 0,
+                                                      "content_index": 0, "delta": word if i == 0 else " " + word,
+                                                      "logprobs": []}))
+    events.append(("response.output_item.done", {"output_index": 0, "item": final["output"][0]}))
+    events.append(("response.completed", {"response": final}))
+    return [b"event: %s\ndata: %s\n\n" % (k.encode(), orjson.dumps({"type": k, "sequence_number": n, **v}))
+            for n, (k, v) in enumerate(events)]

@@ -315,6 +315,15 @@ class _Conn(asyncio.Protocol):
                 return (1, events)
             build = R.chat_completion if chat else R.text_completion
             return (0, 200, orjson.dumps(build(plan, rid, created)), b"")
+        if path == b"/v1/responses":  # an upstream that speaks the Responses API natively
+            if method != b"POST":
+                return _error(405, "method not allowed")
+            body = _loads(raw)
+            rid = "resp_mock%d" % self.state.next_id()
+            if isinstance(body, dict) and body.get("stream") is True:
+                events = [b"%x\r\n%s\r\n" % (len(d), d) for d in R.native_stream(body, rid, int(time.time()))]
+                return (1, events)
+            return (0, 200, orjson.dumps(R.native_response(body, rid, int(time.time()))), b"")
         if path == b"/v1/embeddings":
             if method != b"POST":
                 return _error(405, "method not allowed")

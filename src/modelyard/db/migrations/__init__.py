@@ -24,7 +24,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import text
 
-from . import v0001_spend_rows, v0002_virtual_keys, v0003_key_priority, v0004_spend_hop, v0005_tier_events
+from . import v0001_spend_rows, v0002_virtual_keys, v0003_key_priority, v0004_spend_hop, v0005_tier_events, v0006_responses
+from . import v0007_batches, v0008_spend_daily
 
 # A fixed 64-bit key for pg_advisory_xact_lock: "modelyard spend migrations".
 ADVISORY_LOCK_KEY = 0x6D79_5370_656E_6431
@@ -42,6 +43,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, v0003_key_priority.NAME, v0003_key_priority.upgrade),
     Migration(4, v0004_spend_hop.NAME, v0004_spend_hop.upgrade),
     Migration(5, v0005_tier_events.NAME, v0005_tier_events.upgrade),
+    Migration(6, v0006_responses.NAME, v0006_responses.upgrade),
+    Migration(7, v0007_batches.NAME, v0007_batches.upgrade),
+    Migration(8, v0008_spend_daily.NAME, v0008_spend_daily.upgrade),
 )
 
 _md = MetaData()
