@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelyard.errors import InvalidRequestError
+from modelyard.runtime.tool_calls import check_tools
 
 _NUMBER = (int, float)
 
@@ -107,6 +108,7 @@ def validate_chat(data: dict[str, Any]) -> tuple[str, bool]:
         role = msg.get("role")
         if not isinstance(role, str) or not role:
             raise _bad(f"messages[{i}].role", "expected a non-empty string")
+    check_tools(data, local=False)  # tools, tool_choice, parallel_tool_calls: what OpenAI rejects too
     return model, _check_common(data, chat=True)
 
 

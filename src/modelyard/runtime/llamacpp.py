@@ -70,6 +70,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from modelyard.errors import InvalidRequestError, ModelLoadError, ModelUnavailableError, ModelyardError
+from modelyard.runtime import tool_calls, tool_parse
 from modelyard.runtime.base import Capability, ChunkCallback, Footprint, LoadOptions
 from modelyard.runtime.gguf import kv_cache_bytes, read_gguf_metadata
 from modelyard.runtime.pages import allocated_bytes, populate
@@ -77,8 +78,7 @@ from modelyard.runtime.pages import allocated_bytes, populate
 MAX_N = 16
 
 _CHAT_PASS = ("messages", "temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty",
-              "logit_bias", "logprobs", "top_logprobs", "response_format", "tools", "tool_choice",
-              "parallel_tool_calls", "top_k", "min_p", "repeat_penalty")
+              "logit_bias", "logprobs", "top_logprobs", "response_format", "top_k", "min_p", "repeat_penalty")
 _CMPL_PASS = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias",
               "top_k", "min_p", "repeat_penalty")
 
@@ -121,6 +121,7 @@ class LlamaCppEngine:
         self.name = name
         self._headers = {} if header_cache is None else header_cache  # shared by one deployment's engines
         self.metadata: dict[str, Any] = {}
+        self.native_tools = False  # the chat template renders tools and <tool_call> (tool_calls.py)
         self.footprint: Footprint | None = None
         self.load_seconds = 0.0  # Server construction (mmap, context, KV allocation)
         self.warmup_seconds = 0.0  # the first request, run inside load()
@@ -213,6 +214,7 @@ class LlamaCppEngine:
         t2 = time.perf_counter()
         heap1 = allocated_bytes()
         self.metadata = meta
+        self.native_tools = tool_calls.template_has_tools(meta.get("tokenizer.chat_template"))
         self.load_seconds, self.warmup_seconds = t1 - t0, t2 - t1
         weights = os.path.getsize(artifact_path) - data_offset
         overhead = max(0, heap1 - heap0 - kv) + cache_ram_mib * (1 << 20)
@@ -250,7 +252,10 @@ class LlamaCppEngine:
     # --- inference -------------------------------------------------------------------------------
     def chat(self, request: dict[str, Any], on_chunk: ChunkCallback | None = None) -> dict[str, Any]:
         n = _n(request)
+        spec = tool_calls.check_tools(request, local=True)
         base = {k: request[k] for k in _CHAT_PASS if request.get(k) is not None}
+        tool_calls.apply_to_body(base, spec, native=self.native_tools)
+        spec = spec if spec is not None and spec.offered else None
         mt = request.get("max_completion_tokens")
         mt = request.get("max_tokens") if mt is None else mt
         if mt is not None:
@@ -261,8 +266,8 @@ class LlamaCppEngine:
         jobs = [(i, _seeded(base, i, n), i == 0, "") for i in range(n)]
         return self._generate(
             "handle_chat_completions", head, jobs, on_chunk,
-            lambda out, i, _: [_chat_choice(c, i, top) for c in out.get("choices", [])[:1]],
-            lambda i, _: _ChatStream(head, i, on_chunk, self, top))
+            lambda out, i, _: [_chat_choice(c, i, top, spec) for c in out.get("choices", [])[:1]],
+            lambda i, _: _ChatStream(head, i, on_chunk, self, top, spec))
 
     def complete(self, request: dict[str, Any], on_chunk: ChunkCallback | None = None) -> dict[str, Any]:
         n = _n(request)
@@ -414,14 +419,18 @@ def _finish(reason: Any) -> str:
     return reason if reason in ("stop", "length", "tool_calls", "content_filter", "function_call") else "stop"
 
 
-def _chat_choice(c: dict[str, Any], index: int, top: int) -> dict[str, Any]:
+def _chat_choice(c: dict[str, Any], index: int, top: int, spec: tool_calls.ToolSpec | None) -> dict[str, Any]:
     msg = dict(c.get("message") or {})
     msg.setdefault("role", "assistant")
     msg.setdefault("content", None)
     msg.setdefault("refusal", None)
     msg.pop("reasoning_content", None)
+    finish = _finish(c.get("finish_reason"))
+    if spec is not None:  # the calls in the text (one parser for both paths: see tool_calls.py)
+        msg = tool_parse.message(tool_calls.parse_text(msg.get("content") or "", spec))
+        finish = tool_calls.finish_reason(finish, "tool_calls" in msg)
     return {"index": index, "message": msg, "logprobs": _chat_logprobs(c.get("logprobs"), top),
-            "finish_reason": _finish(c.get("finish_reason"))}
+            "finish_reason": finish}
 
 
 def _legacy_logprobs(entries: list[dict[str, Any]], k: int, offset: int) -> dict[str, Any]:
@@ -474,11 +483,10 @@ class _Stream:
             if not choices:
                 return False
             out = self.convert(choices[0])
-            if out is None:
-                return False
-            if self.on_chunk({**self.head, "object": self.chunk_object, "choices": [out]}):
-                self.stopped = True
-                return True
+            for one in out if isinstance(out, list) else [] if out is None else [out]:
+                if self.on_chunk({**self.head, "object": self.chunk_object, "choices": [one]}):
+                    self.stopped = True
+                    return True
             return False
         except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread after the stop
             self.error, self.stopped = exc, True
@@ -489,15 +497,19 @@ class _ChatStream(_Stream):
     chunk_object = "chat.completion.chunk"
 
     def __init__(self, head: dict[str, Any], index: int, on_chunk: ChunkCallback, engine: LlamaCppEngine,
-                 top: int) -> None:
+                 top: int, spec: tool_calls.ToolSpec | None = None) -> None:
         super().__init__(head, index, on_chunk, engine)
         self.top = top
+        self.tools = tool_calls.DeltaStream(spec) if spec is not None else None
+        self.pending_lp: list[dict[str, Any]] = []  # logprobs of text held back by the tool parser
         self.content: list[str] = []
         self.lp: list[dict[str, Any]] | None = None
         self.tool_calls: dict[int, dict[str, Any]] = {}
 
-    def convert(self, c: dict[str, Any]) -> dict[str, Any] | None:
+    def convert(self, c: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]] | None:
         delta = {k: v for k, v in (c.get("delta") or {}).items() if k != "reasoning_content"}
+        if self.tools is not None:
+            return self._convert_tools(c, delta)
         if delta.get("content"):
             self.content.append(delta["content"])
         for tc in delta.get("tool_calls") or []:
@@ -518,7 +530,27 @@ class _ChatStream(_Stream):
             self.finish = out["finish_reason"] = _finish(c["finish_reason"])
         return out
 
+    def _convert_tools(self, c: dict[str, Any], delta: dict[str, Any]) -> list[dict[str, Any]]:
+        assert self.tools is not None
+        fin = c.get("finish_reason")
+        lp = _chat_logprobs(c.get("logprobs"), self.top)
+        if lp is not None:
+            self.lp = (self.lp or []) + lp["content"]
+            self.pending_lp += lp["content"]
+        outs: list[dict[str, Any]] = [{"index": self.index, "delta": d, "finish_reason": None}
+                                      for d in self.tools.step(delta, last=bool(fin))]
+        if fin:
+            self.finish = tool_calls.finish_reason(_finish(fin), self.tools.has_calls)
+            outs.append({"index": self.index, "delta": {}, "finish_reason": self.finish})
+        if outs and self.pending_lp:
+            outs[0]["logprobs"], self.pending_lp = {"content": self.pending_lp, "refusal": None}, []
+        return outs
+
     def choice(self) -> dict[str, Any]:
+        if self.tools is not None:
+            msg = tool_parse.message(self.tools.events)
+            lp = {"content": self.lp, "refusal": None} if self.lp is not None else None
+            return {"index": self.index, "message": msg, "logprobs": lp, "finish_reason": self.finish or "stop"}
         msg: dict[str, Any] = {"role": "assistant", "content": "".join(self.content) if self.content else None,
                                "refusal": None}
         if self.tool_calls:
