@@ -109,6 +109,20 @@ def test_call_shape_is_name_and_the_declared_arguments_and_nothing_else() -> Non
     assert WEATHER["function"]["parameters"].get("additionalProperties") is None  # the request is not changed
 
 
+def test_free_strings_and_numbers_are_bounded_declared_ones_kept() -> None:
+    params = {"type": "object", "properties": {
+        "free": {"type": "string"}, "short": {"type": "string", "maxLength": 5}, "day": {"type": "string", "enum": ["a"]},
+        "x": {"type": "number"}, "half": {"type": "number", "multipleOf": 0.5}, "n": {"type": "integer"},
+        "long": {"type": "string", "minLength": 100}}}
+    args = tc.call_shape(tc.Function("f", "", params))["properties"]["arguments"]["properties"]
+    assert args["free"]["maxLength"] == tc.FREE_STRING_MAX and args["short"]["maxLength"] == 5
+    assert "maxLength" not in args["day"] and "multipleOf" not in args["n"] and args["long"]["maxLength"] == 100
+    assert args["x"]["multipleOf"] == tc.FREE_NUMBER_STEP and args["half"]["multipleOf"] == 0.5
+    shape = tc.call_shape(tc.Function("f", "", params))
+    assert _validates(shape, {"name": "f", "arguments": {"free": "a" * tc.FREE_STRING_MAX, "x": 20.5}})
+    assert not _validates(shape, {"name": "f", "arguments": {"free": "a" * (tc.FREE_STRING_MAX + 1)}})
+
+
 def test_any_of_the_shapes_ties_the_arguments_to_the_chosen_tool() -> None:
     schema = tc.call_schema(spec().functions)
     assert _validates(schema, {"name": "get_time", "arguments": {"tz": "UTC"}})

@@ -52,6 +52,10 @@ thread. ``load``/``unload``/``warmup`` must not run concurrently with each other
 streams at their next token, waits for in-flight calls to return, then drops the server; new calls
 get ``ModelUnavailableError``.
 
+**Tools.** ``tools``/``tool_choice`` are handled here, not by llama.cpp (which neither constrains
+nor parses calls for these templates): ``runtime/tool_calls.py`` rewrites the body and parses the
+output (docs/design/tool-calls.md).
+
 Request defaults are llama.cpp's sampling defaults (temperature 0.8, top_k 40, top_p 0.95,
 min_p 0.05), except ``max_tokens`` for ``/completions``, which defaults to OpenAI's 16.
 """

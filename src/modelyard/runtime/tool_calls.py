@@ -41,6 +41,8 @@ _MAX_DEPTH = 64
 # loops inside a string argument until max_tokens in about one call in eight on the harder prompts
 # (6/50 measured, 0/50 at 0.3: docs/design/tool-calls.md).
 FORCED_TEMPERATURE = 0.3
+FREE_STRING_MAX = 48  # characters; see _closed
+FREE_NUMBER_STEP = 1e-6
 _GUIDANCE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": ", "lenient": True}
 
 
@@ -233,8 +235,12 @@ def _check_schema(s: Any, where: str, depth: int) -> None:
 
 
 def _closed(s: Any) -> Any:
-    """Objects with ``properties`` and no word on extra keys get ``additionalProperties: false``:
-    the declared schema still validates every call, and the model cannot invent arguments."""
+    """The declared schema narrowed so that a small model's call ends within a small ``max_tokens``
+    (every call still validates against the declared schema): objects with ``properties`` and no
+    word on extra keys get ``additionalProperties: false`` (no invented arguments); free strings
+    (no maxLength, enum, const, pattern or format) at most ``FREE_STRING_MAX`` characters and free
+    numbers a multiple of ``FREE_NUMBER_STEP`` (six decimals): SmolLM2 otherwise loops inside a
+    URL or in the digits of ``20.0000000000000001555…`` until ``max_tokens``."""
     if isinstance(s, list):
         return [_closed(x) for x in s]
     if not isinstance(s, dict):
@@ -245,6 +251,11 @@ def _closed(s: Any) -> Any:
             out[key] = {k: _closed(v) for k, v in s[key].items()}
     if isinstance(s.get("properties"), dict) and "additionalProperties" not in s:
         out["additionalProperties"] = False
+    if s.get("type") == "string" and not any(k in s for k in ("maxLength", "enum", "const", "pattern", "format")):
+        low = s.get("minLength")
+        out["maxLength"] = max(FREE_STRING_MAX, low if isinstance(low, int) and not isinstance(low, bool) else 0)
+    if s.get("type") == "number" and not any(k in s for k in ("multipleOf", "enum", "const")):
+        out["multipleOf"] = FREE_NUMBER_STEP
     return out
 
 
