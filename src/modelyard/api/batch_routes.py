@@ -7,7 +7,6 @@ live in ``modelyard/batch/`` (docs/design/batch.md).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 from modelyard.api.app import ModelyardApp
@@ -33,7 +32,7 @@ def register(app: ModelyardApp) -> None:
         ct = req.header(b"content-type")
         cl = req.header(b"content-length")
         out = await svc.upload(req.principal, ct.decode("latin-1") if ct else None,
-                               int(cl) if cl is not None and cl.isdigit() else None, _chunks(req))
+                               int(cl) if cl is not None and cl.isdigit() else None, req.chunks())
         await req.respond_json(200, out)
 
     async def list_files(req: Request) -> None:
@@ -92,19 +91,6 @@ def register(app: ModelyardApp) -> None:
     app.route("/v1/batches", "GET", list_batches)
     app.prefix_route(_BATCHES, "GET", batch_get)
     app.prefix_route(_BATCHES, "POST", batch_post)
-
-
-async def _chunks(req: Request) -> AsyncIterator[bytes]:
-    while True:
-        msg = await req.receive()
-        if msg["type"] == "http.disconnect":
-            req.disconnected = True
-            raise asyncio.CancelledError()
-        body = msg.get("body", b"")
-        if body:
-            yield body
-        if not msg.get("more_body", False):
-            return
 
 
 async def _send_file(req: Request, path: Any, size: int) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -89,6 +89,15 @@ class Request:
             raise PayloadTooLargeError(f"request body is {int(cl)} bytes; the limit is {limit} bytes")
         parts: list[bytes] = []
         size = 0
+        async for chunk in self.chunks():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
+            parts.append(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The request body's non-empty chunks as they arrive (a client that leaves cancels)."""
         while True:
             msg = await self.receive()
             if msg["type"] == "http.disconnect":
@@ -96,13 +105,9 @@ class Request:
                 raise asyncio.CancelledError()
             chunk = msg.get("body", b"")
             if chunk:
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
-                parts.append(chunk)
+                yield chunk
             if not msg.get("more_body", False):
-                break
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+                return
 
     async def json_object(self, limit: int) -> tuple[dict[str, Any], bytes]:
         raw = await self.body(limit)

@@ -86,17 +86,8 @@ async def unary(proxy: Any, path: str, model: str, data: dict[str, Any], *, prin
         elif msg["type"] == "http.response.body":
             out.body += msg.get("body", b"")
 
-    req = out.request = inner_request(path, principal=principal, t0=t0, request_id=request_id, headers=headers,
-                                      endpoint=endpoint, send=send)
-    if box is not None:
-        box.append(req)
-    raw = orjson.dumps(data)
-    try:
-        await proxy.forward(req, path.removeprefix("/v1"), model, data, raw, stream=False, priority=priority)
-    finally:
-        if req.watcher is not None:
-            req.watcher.cancel()
-    return out
+    return await _run(proxy, path, model, data, out, send, stream=False, principal=principal, t0=t0,
+                      request_id=request_id, headers=headers, endpoint=endpoint, priority=priority, box=box)
 
 
 async def stream(proxy: Any, path: str, model: str, data: dict[str, Any], *, principal: Any, t0: float,
@@ -116,13 +107,21 @@ async def stream(proxy: Any, path: str, model: str, data: dict[str, Any], *, pri
             if body:
                 await on_chunk(body)
 
+    return await _run(proxy, path, model, data, out, send, stream=True, principal=principal, t0=t0,
+                      request_id=request_id, headers=headers, endpoint=endpoint, priority=priority, box=box)
+
+
+async def _run(proxy: Any, path: str, model: str, data: dict[str, Any], out: Captured,
+               send: Callable[[dict[str, Any]], Awaitable[None]], *, stream: bool, principal: Any, t0: float,
+               request_id: str | None, headers: Headers | None, endpoint: str, priority: int | None,
+               box: list[Request] | None) -> Captured:
     req = out.request = inner_request(path, principal=principal, t0=t0, request_id=request_id, headers=headers,
                                       endpoint=endpoint, send=send)
     if box is not None:
         box.append(req)
-    raw = orjson.dumps(data)
     try:
-        await proxy.forward(req, path.removeprefix("/v1"), model, data, raw, stream=True, priority=priority)
+        await proxy.forward(req, path.removeprefix("/v1"), model, data, orjson.dumps(data), stream=stream,
+                            priority=priority)
     finally:
         if req.watcher is not None:
             req.watcher.cancel()
